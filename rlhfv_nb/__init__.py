@@ -1,0 +1,1 @@
+"""rlhfv_nb: DDPO (RLHF-V) for vision-language models, driven by notebooks."""
