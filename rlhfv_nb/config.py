@@ -1,0 +1,363 @@
+"""Typed run parameters: loaded from `params/*.yaml` or notebook variables, validated with clear errors.
+
+Every section is a dataclass whose defaults are the `cpu-tiny` preset, so a partial dict (a test or
+a papermill override) only changes the keys it names. Unknown keys, wrong types and missing local
+files raise `ConfigError` naming the dotted key.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import difflib
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """A parameter is unknown, of the wrong type, or points at a missing file."""
+
+
+@dataclass
+class TinyModelConfig:
+    """Shape of the offline tiny LLaVA-architecture model (CLIP vision tower + Llama decoder)."""
+
+    image_size: int = 48
+    patch_size: int = 12
+    vision_hidden_size: int = 64
+    vision_layers: int = 2
+    vision_heads: int = 4
+    hidden_size: int = 128
+    layers: int = 2
+    heads: int = 4
+    intermediate_size: int = 256
+    vocab_size: int = 384
+    max_position_embeddings: int = 256
+
+
+@dataclass
+class LoraConfig:
+    """LoRA adapters on the language model (peft); `enabled: false` trains all parameters."""
+
+    enabled: bool = False
+    r: int = 16
+    alpha: int = 32
+    dropout: float = 0.05
+    target_modules: str = r".*language_model.*\.(q_proj|k_proj|v_proj|o_proj|gate_proj|up_proj|down_proj)"
+    modules_to_save: list[str] = field(default_factory=lambda: ["multi_modal_projector"])
+
+
+@dataclass
+class ModelConfig:
+    """Which base vision-language model to load, and how."""
+
+    base: str = "tiny"  # "tiny" builds the offline tiny model; otherwise a hub id or a local folder
+    tiny: TinyModelConfig = field(default_factory=TinyModelConfig)
+    dtype: str = "float32"  # float32 | bfloat16 | float16
+    attn_implementation: str = "sdpa"  # sdpa | eager | flash_attention_2 (falls back to sdpa if missing)
+    load_in_4bit: bool = False  # NF4 + double quantization through bitsandbytes (QLoRA)
+    lora: LoraConfig = field(default_factory=LoraConfig)
+    gradient_checkpointing: bool = False
+    trust_remote_code: bool = False
+
+
+@dataclass
+class DataConfig:
+    """Where SFT data and preference pairs come from, and how bad rows are handled."""
+
+    sft_source: str = "synthetic"  # "synthetic" | hub id | local parquet/folder
+    preferences: str = "feedback"  # "feedback" (collected after SFT) | hub id | local path
+    world: dict[str, Any] = field(default_factory=dict)  # rlhfv_nb.world.WorldConfig overrides
+    sft_images: int = 1500
+    feedback_images: int = 600
+    eval_images: int = 200
+    max_pairs: int | None = None
+    max_length: int = 192
+    on_bad_row: str = "skip"  # skip | error
+    split: str = "train"
+    show_examples: int = 4
+
+
+@dataclass
+class TrainConfig:
+    """Optimisation settings shared by SFT and DDPO (HF Trainer arguments)."""
+
+    epochs: float = 1.0
+    max_steps: int = -1  # > 0 overrides epochs
+    batch_size: int = 8
+    grad_accum: int = 1
+    lr: float = 1e-3
+    scheduler: str = "cosine"
+    warmup_ratio: float = 0.03
+    weight_decay: float = 0.0
+    max_grad_norm: float = 1.0
+    logging_steps: int = 10
+    save_steps: int = 0  # 0: save only at the end
+    bf16: bool = False
+    tf32: bool = False
+    num_workers: int = 0
+
+
+@dataclass
+class FeedbackConfig:
+    """Simulated correctional feedback on the synthetic world (the annotator of RLHF-V)."""
+
+    samples_per_image: int = 2
+    temperature: float = 1.0
+    top_p: float = 1.0
+    max_new_tokens: int = 64
+    batch_size: int = 32
+    keep_correct: bool = False  # keep answers that needed no correction (chosen == rejected is invalid)
+
+
+@dataclass
+class DDPOConfig(TrainConfig):
+    """DDPO: DPO with changed tokens weighted by gamma (gamma = 1 is plain DPO)."""
+
+    gamma: float = 5.0
+    beta: float = 0.5
+    use_average: bool = True
+    sft_weight: float = 0.0
+    min_match: int = 3
+    ablation_gammas: list[float] = field(default_factory=lambda: [1.0])
+    ref_batch_size: int = 32
+
+
+@dataclass
+class JudgeConfig:
+    """An OpenAI-compatible LLM judge; the key is read from `api_key_env`, never stored."""
+
+    model: str = "gpt-4o-2024-08-06"
+    base_url: str | None = None
+    api_key_env: str = "OPENAI_API_KEY"
+    max_concurrency: int = 4
+
+
+@dataclass
+class EvalConfig:
+    """Generation settings and benchmarks for notebook 04."""
+
+    benchmarks: list[str] = field(default_factory=lambda: ["world_chair", "world_pope"])
+    max_new_tokens: int = 64
+    num_beams: int = 1
+    repetition_penalty: float = 1.0
+    batch_size: int = 32
+    judge: JudgeConfig = field(default_factory=JudgeConfig)
+    coco_dir: str | None = None
+    limit: int | None = None
+
+
+@dataclass
+class DemoConfig:
+    """Gradio demo settings: safe defaults (localhost, no share link)."""
+
+    launch: bool = False
+    host: str = "127.0.0.1"
+    port: int = 7860
+    share: bool = False
+    max_upload_mb: float = 5.0
+    max_image_side: int = 4096
+    max_new_tokens: int = 64
+
+
+@dataclass
+class LaunchConfig:
+    """How training processes start: in the notebook's process, or `accelerate launch` subprocesses."""
+
+    num_processes: int = 1
+    accelerate_config: str | None = None  # e.g. configs/accelerate/deepspeed_zero3.yaml
+    require_cuda: bool = False
+
+
+@dataclass
+class Config:
+    """All parameters of one run; `run_dir` holds every artifact the stages write."""
+
+    name: str = "cpu-tiny"
+    seed: int = 0
+    run_dir: str = "runs/cpu-tiny"
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    sft: TrainConfig = field(default_factory=lambda: TrainConfig(epochs=8.0, batch_size=32, lr=2e-3))
+    feedback: FeedbackConfig = field(default_factory=FeedbackConfig)
+    ddpo: DDPOConfig = field(default_factory=lambda: DDPOConfig(epochs=2.0, batch_size=16, lr=2e-4))
+    evaluation: EvalConfig = field(default_factory=EvalConfig)
+    demo: DemoConfig = field(default_factory=DemoConfig)
+    launch: LaunchConfig = field(default_factory=LaunchConfig)
+
+    @property
+    def run_path(self) -> Path:
+        """The run folder, relative paths taken from the project root."""
+        path = Path(self.run_dir).expanduser()
+        return path if path.is_absolute() else project_root() / path
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+SECTIONS = tuple(f.name for f in dataclasses.fields(Config))
+
+
+def project_root(start: Path | None = None) -> Path:
+    """Nearest folder at or above `start` (default: cwd) holding `params/`; cwd if none does.
+
+    Notebooks opened in Jupyter run with cwd `notebooks/`; this keeps their run folder the same
+    as the one papermill and the CLI use from the repository root.
+    """
+    start = (start or Path.cwd()).resolve()
+    for folder in (start, *start.parents):
+        if (folder / "params").is_dir() and (folder / "notebooks").is_dir():
+            return folder
+    return start
+
+
+def _check_type(value: Any, annotation: Any, key: str) -> Any:
+    """Return `value` converted to `annotation` where lossless (int -> float), else raise."""
+    origin = typing.get_origin(annotation)
+    if origin in (typing.Union, types.UnionType):
+        options = typing.get_args(annotation)
+        if value is None and type(None) in options:
+            return None
+        errors = []
+        for option in options:
+            if option is type(None):
+                continue
+            try:
+                return _check_type(value, option, key)
+            except ConfigError as err:
+                errors.append(str(err))
+        raise ConfigError(errors[0])
+    if origin is list:
+        if isinstance(value, tuple):
+            value = list(value)
+        if not isinstance(value, list):
+            raise ConfigError(f"{key}: expected a list, got {type(value).__name__} {value!r}")
+        (item_type,) = typing.get_args(annotation)
+        return [_check_type(v, item_type, f"{key}[{i}]") for i, v in enumerate(value)]
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"{key}: expected a mapping, got {type(value).__name__} {value!r}")
+        return dict(value)
+    if annotation is Any:
+        return value
+    if annotation is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if annotation in (int, float) and isinstance(value, bool):
+        raise ConfigError(f"{key}: expected {annotation.__name__}, got bool {value!r}")
+    if not isinstance(value, annotation):
+        raise ConfigError(f"{key}: expected {annotation.__name__}, got {type(value).__name__} {value!r}")
+    return value
+
+
+def _build(cls: type, values: dict[str, Any], prefix: str, base: Any = None) -> Any:
+    """A `cls` instance: `base` (default: `cls()`) with `values` applied, nested sections merged."""
+    result = copy.deepcopy(base) if base is not None else cls()
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    for key, value in values.items():
+        dotted = f"{prefix}.{key}" if prefix else key
+        if key not in names:
+            close = difflib.get_close_matches(key, names, n=1)
+            hint = f" (did you mean {close[0]!r}?)" if close else f" (known: {', '.join(names)})"
+            raise ConfigError(f"{dotted}: unknown key{hint}")
+        current = getattr(result, key)
+        if dataclasses.is_dataclass(current):
+            if not isinstance(value, dict):
+                raise ConfigError(f"{dotted}: expected a mapping, got {type(value).__name__} {value!r}")
+            setattr(result, key, _build(type(current), value, dotted, current))
+        else:
+            setattr(result, key, _check_type(value, hints[key], dotted))
+    return result
+
+
+def _validate(cfg: Config) -> Config:
+    choices = {
+        "model.dtype": (cfg.model.dtype, {"float32", "bfloat16", "float16"}),
+        "model.attn_implementation": (cfg.model.attn_implementation, {"sdpa", "eager", "flash_attention_2"}),
+        "data.on_bad_row": (cfg.data.on_bad_row, {"skip", "error"}),
+    }
+    for key, (value, allowed) in choices.items():
+        if value not in allowed:
+            raise ConfigError(f"{key}: {value!r} is not one of {sorted(allowed)}")
+    positives = {
+        "ddpo.beta": cfg.ddpo.beta,
+        "ddpo.gamma": cfg.ddpo.gamma,
+        "data.max_length": cfg.data.max_length,
+        "sft.batch_size": cfg.sft.batch_size,
+        "ddpo.batch_size": cfg.ddpo.batch_size,
+    }
+    for key, value in positives.items():
+        if value <= 0:
+            raise ConfigError(f"{key}: must be > 0, got {value!r}")
+    if cfg.model.load_in_4bit and not cfg.model.lora.enabled:
+        raise ConfigError("model.load_in_4bit: a 4-bit base cannot be trained directly; set model.lora.enabled")
+    for key, value in {"data.sft_source": cfg.data.sft_source, "data.preferences": cfg.data.preferences,
+                       "launch.accelerate_config": cfg.launch.accelerate_config,
+                       "evaluation.coco_dir": cfg.evaluation.coco_dir}.items():
+        if value and looks_like_local_path(value) and not (project_root() / Path(value).expanduser()).exists():
+            raise ConfigError(f"{key}: file or folder {value!r} does not exist")
+    if cfg.data.world:
+        from rlhfv_nb.world import WorldConfig
+
+        try:
+            WorldConfig(**cfg.data.world)
+        except TypeError as err:
+            raise ConfigError(f"data.world: {err}") from err
+    return cfg
+
+
+def looks_like_local_path(value: str) -> bool:
+    """True for values that name a file rather than a hub id (`./x`, `/x`, `~/x`, `x.parquet`)."""
+    return value.startswith(("/", "./", "../", "~")) or value.endswith((".parquet", ".json", ".jsonl", ".yaml"))
+
+
+def load_config(source: str | Path | dict[str, Any] | None = None, **overrides: Any) -> Config:
+    """Build a validated `Config` from a YAML file, a dict, or keyword sections (notebook variables).
+
+    `overrides` are merged section by section over the source, so `load_config("p.yaml", ddpo={"beta": 1})`
+    changes only `ddpo.beta`.
+    """
+    values: dict[str, Any] = {}
+    if isinstance(source, (str, Path)):
+        path = Path(source)
+        if not path.exists():
+            raise ConfigError(f"params file {str(path)!r} does not exist")
+        try:
+            loaded = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as err:
+            raise ConfigError(f"{path}: not valid YAML: {err}") from err
+        if not isinstance(loaded, dict):
+            raise ConfigError(f"{path}: expected a mapping of sections, got {type(loaded).__name__}")
+        values = loaded
+    elif isinstance(source, dict):
+        values = dict(source)
+    for key, value in overrides.items():
+        if isinstance(value, dict) and isinstance(values.get(key), dict):
+            values[key] = _deep_merge(values[key], value)
+        else:
+            values[key] = value
+    try:
+        return _validate(_build(Config, values, ""))
+    except ConfigError as err:
+        where = f"{source}: " if isinstance(source, (str, Path)) else ""
+        raise ConfigError(f"{where}{err}") from None
+
+
+def _deep_merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
+    merged = dict(base)
+    for key, value in extra.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = _deep_merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
+def notebook_config(namespace: dict[str, Any]) -> Config:
+    """The config of a notebook from its parameter variables (the `parameters` cell plus papermill's)."""
+    return load_config({key: namespace[key] for key in SECTIONS if key in namespace})

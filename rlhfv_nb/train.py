@@ -1,0 +1,195 @@
+"""SFT and DDPO training on top of `transformers.Trainer` (accelerate, DeepSpeed/FSDP, resumable checkpoints).
+
+DDPO holds no reference model: the reference per-token log-probs come precomputed with each pair, and
+chosen and rejected answers go through one concatenated forward pass.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+import datasets
+import torch
+from transformers import PreTrainedModel, ProcessorMixin, Trainer, TrainerCallback, TrainingArguments
+from transformers.trainer_utils import get_last_checkpoint
+
+from rlhfv_nb.config import DDPOConfig, ModelConfig, TrainConfig
+from rlhfv_nb.ddpo import ddpo_loss, sequence_logps, token_logps
+from rlhfv_nb.features import PairCollator, SFTCollator
+
+log = logging.getLogger(__name__)
+
+
+class JsonlLogger(TrainerCallback):
+    """Appends every Trainer log record (loss, rewards, lr, step) to a JSONL file as it happens."""
+
+    def __init__(self, path: Path):
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        if state.is_world_process_zero and logs:
+            with self.path.open("a") as handle:
+                handle.write(json.dumps({"step": state.global_step, "epoch": state.epoch, **logs}) + "\n")
+
+
+def read_log(path: Path) -> list[dict[str, Any]]:
+    """Records written by `JsonlLogger` (an empty list if training has not logged yet)."""
+    path = Path(path)
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def training_arguments(cfg: TrainConfig, output_dir: Path, seed: int) -> TrainingArguments:
+    """Trainer arguments from a train section; checkpoints go to `output_dir/checkpoints`."""
+    return TrainingArguments(
+        output_dir=str(Path(output_dir) / "checkpoints"),
+        num_train_epochs=cfg.epochs,
+        max_steps=cfg.max_steps,
+        per_device_train_batch_size=cfg.batch_size,
+        gradient_accumulation_steps=cfg.grad_accum,
+        learning_rate=cfg.lr,
+        lr_scheduler_type=cfg.scheduler,
+        warmup_steps=cfg.warmup_ratio,
+        weight_decay=cfg.weight_decay,
+        max_grad_norm=cfg.max_grad_norm,
+        logging_steps=cfg.logging_steps,
+        logging_first_step=True,
+        save_strategy="steps" if cfg.save_steps > 0 else "no",
+        save_steps=max(cfg.save_steps, 1),
+        save_total_limit=2,
+        bf16=cfg.bf16,
+        tf32=cfg.tf32 or None,
+        seed=seed,
+        data_seed=seed,
+        dataloader_num_workers=cfg.num_workers,
+        remove_unused_columns=False,
+        report_to="none",
+        disable_tqdm=os.environ.get("RLHFV_NB_QUIET") == "1",
+    )
+
+
+def prepare_for_training(model: PreTrainedModel, cfg: ModelConfig) -> PreTrainedModel:
+    """Gradient checkpointing, k-bit preparation and LoRA adapters as the model section asks."""
+    if cfg.load_in_4bit:
+        from peft import prepare_model_for_kbit_training
+
+        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=cfg.gradient_checkpointing)
+    elif cfg.gradient_checkpointing:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    if cfg.lora.enabled:
+        from peft import LoraConfig, get_peft_model
+
+        lora = LoraConfig(
+            r=cfg.lora.r,
+            lora_alpha=cfg.lora.alpha,
+            lora_dropout=cfg.lora.dropout,
+            target_modules=cfg.lora.target_modules,
+            modules_to_save=cfg.lora.modules_to_save or None,
+            task_type="CAUSAL_LM",
+        )
+        model = get_peft_model(model, lora)
+    return model
+
+
+def _run(trainer: Trainer, output_dir: Path, processor: ProcessorMixin) -> Path:
+    """Train (resuming from the last checkpoint if any), then save model and processor to `output_dir/final`."""
+    checkpoints = Path(trainer.args.output_dir)
+    last = get_last_checkpoint(str(checkpoints)) if checkpoints.is_dir() else None
+    if last:
+        log.info("resuming from %s", last)
+    trainer.train(resume_from_checkpoint=last)
+    final = Path(output_dir) / "final"
+    trainer.save_model(str(final))
+    if trainer.is_world_process_zero():
+        processor.save_pretrained(str(final))
+    return final
+
+
+def train_sft(
+    model: PreTrainedModel, processor: ProcessorMixin, rows: datasets.Dataset, cfg: TrainConfig,
+    model_cfg: ModelConfig, output_dir: Path, seed: int,
+) -> Path:
+    """Supervised fine-tuning on rows with `image`, `question`, `answer_ids`. Returns the saved model folder."""
+    model = prepare_for_training(model, model_cfg)
+    trainer = Trainer(
+        model=model,
+        args=training_arguments(cfg, output_dir, seed),
+        train_dataset=rows,
+        data_collator=SFTCollator(processor),
+        callbacks=[JsonlLogger(Path(output_dir) / "log.jsonl")],
+    )
+    return _run(trainer, output_dir, processor)
+
+
+class DDPOTrainer(Trainer):
+    """`Trainer` whose loss is DDPO over precomputed reference log-probs (see `rlhfv_nb.ddpo`)."""
+
+    def __init__(self, *args: Any, ddpo: DDPOConfig, **kwargs: Any):
+        super().__init__(*args, **kwargs)
+        self.ddpo = ddpo
+        self._metrics: dict[str, list[float]] = defaultdict(list)
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        labels = inputs.pop("labels")
+        weights = inputs.pop("weights")[:, 1:]
+        ref_token_logps = inputs.pop("ref_logps")[:, 1:]
+        logits = model(**inputs, use_cache=False).logits
+        policy_token_logps, mask = token_logps(logits, labels)
+        average = self.ddpo.use_average
+        policy = sequence_logps(policy_token_logps, mask, weights, average)
+        reference = sequence_logps(ref_token_logps.to(policy.dtype), mask, weights, average)
+        half = policy.shape[0] // 2
+        losses, chosen_rewards, rejected_rewards = ddpo_loss(
+            policy[:half], policy[half:], reference[:half], reference[half:], self.ddpo.beta
+        )
+        loss = losses.mean()
+        if self.ddpo.sft_weight:
+            loss = loss - self.ddpo.sft_weight * policy[:half].mean()
+        self._record(
+            {
+                "rewards/chosen": chosen_rewards,
+                "rewards/rejected": rejected_rewards,
+                "rewards/accuracies": (chosen_rewards > rejected_rewards).float(),
+                "rewards/margins": chosen_rewards - rejected_rewards,
+                "logps/chosen": policy[:half].detach(),
+                "logps/rejected": policy[half:].detach(),
+                "logps_ref/chosen": reference[:half],
+                "logps_ref/rejected": reference[half:],
+                "ddpo_loss": losses.detach(),
+            }
+        )
+        return (loss, {"logits": logits}) if return_outputs else loss
+
+    def _record(self, values: dict[str, torch.Tensor]) -> None:
+        for name, value in values.items():
+            self._metrics[name].append(self.accelerator.gather_for_metrics(value.detach()).float().mean().item())
+
+    def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
+        for name, values in self._metrics.items():
+            logs[name] = sum(values) / len(values)
+        self._metrics.clear()
+        super().log(logs, start_time)
+
+
+def train_ddpo(
+    model: PreTrainedModel, processor: ProcessorMixin, pairs: datasets.Dataset, cfg: DDPOConfig,
+    model_cfg: ModelConfig, output_dir: Path, seed: int,
+) -> Path:
+    """DDPO on pairs carrying ids, dense weights and reference log-probs. Returns the saved model folder."""
+    model = prepare_for_training(model, model_cfg)
+    trainer = DDPOTrainer(
+        model=model,
+        args=training_arguments(cfg, output_dir, seed),
+        train_dataset=pairs,
+        data_collator=PairCollator(processor),
+        callbacks=[JsonlLogger(Path(output_dir) / "log.jsonl")],
+        ddpo=cfg,
+    )
+    return _run(trainer, output_dir, processor)
