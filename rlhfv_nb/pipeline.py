@@ -1,0 +1,276 @@
+"""The stages of a run, each reading the previous stage's artifacts from the run folder and writing its own.
+
+params -> data -> SFT model -> (synthetic feedback) -> reference log-probs -> DDPO model -> evaluation.
+Notebooks call these functions; so can a script or `accelerate launch -m rlhfv_nb.launch`.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import random
+from pathlib import Path
+from typing import Any
+
+import datasets
+
+from rlhfv_nb import world
+from rlhfv_nb.config import Config
+from rlhfv_nb.data import (
+    BadRows,
+    DataError,
+    encode_image,
+    load_raw,
+    normalise_preferences,
+    normalise_sft,
+    read_parquet,
+    rlhfv_records,
+    write_parquet,
+)
+from rlhfv_nb.ddpo import diff_token_weights
+from rlhfv_nb.features import prompt_length, prompt_text, response_ids, user_message
+from rlhfv_nb.generate import GenerationSettings, generate_answers
+from rlhfv_nb.logps import cache_path, reference_logps
+from rlhfv_nb.modeling import build_tiny_model, load_model, load_processor
+
+log = logging.getLogger(__name__)
+
+
+# ---------------------------------------------------------------- run folder bookkeeping
+def write_json(path: Path, value: Any) -> Path:
+    """Write JSON atomically (a kill never leaves half a file)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(value, indent=1, default=str))
+    os.replace(tmp, path)
+    return path
+
+
+def read_json(path: Path, default: Any = None) -> Any:
+    path = Path(path)
+    return json.loads(path.read_text()) if path.exists() else default
+
+
+def update_metrics(cfg: Config, section: str, values: dict[str, Any]) -> dict[str, Any]:
+    """Merge one stage's numbers into `<run>/metrics.json`."""
+    path = cfg.run_path / "metrics.json"
+    metrics = read_json(path, {})
+    metrics[section] = values
+    write_json(path, metrics)
+    return metrics
+
+
+def mark_done(cfg: Config, stage: str, summary: dict[str, Any] | None = None) -> None:
+    """Record that a stage finished (the runner skips finished stages unless forced)."""
+    write_json(cfg.run_path / "stages" / f"{stage}.json", {"stage": stage, "config": cfg.to_dict(), **(summary or {})})
+
+
+def world_config(cfg: Config) -> world.WorldConfig:
+    return world.WorldConfig(**cfg.data.world)
+
+
+# ---------------------------------------------------------------- stage 01: data
+def _world_eval_rows(wcfg: world.WorldConfig, scenes: list[world.Scene], seed: int) -> list[dict[str, Any]]:
+    """Held-out items: one description prompt and the short questions of every scene."""
+    rng = random.Random(seed)
+    rows = []
+    for index, scene in enumerate(scenes):
+        image = encode_image(world.render(scene, wcfg))
+        scene_json = json.dumps(scene.to_dict())
+        rows.append({"uid": f"eval-{index}-describe", "image": image, "question": rng.choice(world.DESCRIBE_PROMPTS),
+                     "qtype": "describe", "answer": world.describe(scene, rng, wcfg), "scene": scene_json,
+                     "image_id": str(index), "label": ""})
+        for q_index, qa in enumerate(world.short_questions(scene, rng, wcfg)):
+            rows.append({"uid": f"eval-{index}-{qa.type}-{q_index}", "image": image, "question": qa.question,
+                         "qtype": qa.type, "answer": qa.answer, "scene": scene_json, "image_id": str(index),
+                         "label": qa.label or ""})
+    return rows
+
+
+def prepare_data(cfg: Config) -> dict[str, Any]:
+    """Write the SFT rows, held-out evaluation items and preference pairs (or feedback scenes) to `<run>/data`."""
+    out = cfg.run_path / "data"
+    reports: list[BadRows] = []
+    if cfg.data.sft_source == "synthetic":
+        wcfg = world_config(cfg)
+        sft_rows = [
+            {"uid": f"sft-{i}", "image": encode_image(row["image"]), "question": row["question"],
+             "answer": row["answer"], "qtype": row["qtype"]}
+            for i, row in enumerate(world.make_sft_rows(wcfg, cfg.data.sft_images, cfg.seed))
+        ]
+        eval_scenes = world.make_fresh_scenes(wcfg, cfg.data.eval_images, cfg.seed + 2)
+        write_parquet(_world_eval_rows(wcfg, eval_scenes, cfg.seed + 3), out / "eval.parquet")
+        feedback_scenes = world.make_fresh_scenes(wcfg, cfg.data.feedback_images, cfg.seed + 1)
+        write_json(out / "feedback_scenes.json", [scene.to_dict() for scene in feedback_scenes])
+        (out / "world_synonyms.txt").write_text(world.synonyms_text(wcfg))
+    else:
+        sft_rows, bad = normalise_sft(load_raw(cfg.data.sft_source, cfg.data.split), cfg.data.sft_source,
+                                      cfg.data.on_bad_row)
+        reports.append(bad)
+    write_parquet(sft_rows, out / "sft.parquet")
+    if cfg.data.preferences != "feedback":
+        pairs, bad = normalise_preferences(load_raw(cfg.data.preferences, cfg.data.split), cfg.data.preferences,
+                                           cfg.data.on_bad_row)
+        reports.append(bad)
+        if cfg.data.max_pairs:
+            pairs = pairs[: cfg.data.max_pairs]
+        write_parquet(pairs, out / "preferences.parquet")
+    report = {"sft_rows": len(sft_rows), "bad_rows": [r.to_dict() for r in reports]}
+    write_json(out / "report.json", report)
+    for r in reports:
+        log.info(r.summary())
+    return report
+
+
+# ---------------------------------------------------------------- stage 02: SFT (+ synthetic feedback)
+def base_model_path(cfg: Config) -> str:
+    """The base model: a hub id/folder, or the tiny model built (once) from the run's SFT corpus."""
+    if cfg.model.base != "tiny":
+        return cfg.model.base
+    path = cfg.run_path / "base"
+    if not (path / "config.json").exists():
+        rows = read_parquet(cfg.run_path / "data" / "sft.parquet")
+        corpus = [f"USER: <image>\n{q} ASSISTANT: {a}</s>" for q, a in zip(rows["question"], rows["answer"])]
+        build_tiny_model(corpus, cfg.model.tiny, path, cfg.seed)
+    return str(path)
+
+
+def sft_model_path(cfg: Config) -> str:
+    """The SFT model: `<run>/sft/final` after stage 02, or the base model when SFT is disabled."""
+    return str(cfg.run_path / "sft" / "final") if cfg.sft.enabled else base_model_path(cfg)
+
+
+def run_sft(cfg: Config) -> str:
+    """Fine-tune the base model on `<run>/data/sft.parquet`; returns the SFT model folder."""
+    from rlhfv_nb.train import train_sft
+
+    base = base_model_path(cfg)
+    if not cfg.sft.enabled:
+        return base
+    processor = load_processor(base, cfg.model)
+    rows = read_parquet(cfg.run_path / "data" / "sft.parquet")
+    rows = rows.map(lambda r: {"answer_ids": response_ids(processor, r["question"], r["answer"])},
+                    desc="tokenising SFT answers")
+    too_long = [u for u, ids in zip(rows["uid"], rows["answer_ids"]) if len(ids) >= cfg.data.max_length]
+    if too_long:
+        raise DataError(f"sft.parquet: {len(too_long)} answers exceed data.max_length "
+                        f"({cfg.data.max_length}), e.g. rows {too_long[:5]}")
+    model = load_model(base, cfg.model)
+    train_sft(model, processor, rows, cfg.sft, cfg.model, cfg.run_path / "sft", cfg.seed)
+    return sft_model_path(cfg)
+
+
+def collect_feedback(cfg: Config, model=None, processor=None) -> dict[str, Any]:
+    """RLHF-V-style correctional feedback on the synthetic world, written in the RLHF-V-Dataset schema.
+
+    The SFT model answers description prompts on fresh images; the simulated annotator corrects the
+    hallucinated segments against the known objects; the original is `rejected`, the correction
+    `chosen`. The pairs then go through the same loader as hub data.
+    """
+    wcfg = world_config(cfg)
+    path = sft_model_path(cfg)
+    processor = processor or load_processor(path, cfg.model)
+    model = model or load_model(path, cfg.model)
+    scenes = [world.Scene.from_dict(s) for s in read_json(cfg.run_path / "data" / "feedback_scenes.json")]
+    rng = random.Random(cfg.seed + 4)
+    images = [encode_image(world.render(scene, wcfg)) for scene in scenes]
+    items = [
+        {"id": f"{i}-{k}", "image": images[i], "question": rng.choice(world.DESCRIBE_PROMPTS), "scene": i}
+        for i in range(len(scenes)) for k in range(cfg.feedback.samples_per_image)
+    ]
+    settings = GenerationSettings(max_new_tokens=cfg.feedback.max_new_tokens, do_sample=True,
+                                  temperature=cfg.feedback.temperature, top_p=cfg.feedback.top_p, seed=cfg.seed)
+    out = cfg.run_path / "feedback"
+    answers = generate_answers(model, processor, items, settings, out / "answers.jsonl", cfg.feedback.batch_size)
+    pairs, unchanged = [], 0
+    for item, answer in zip(items, answers):
+        corrected = world.correct_description(answer["answer"], scenes[item["scene"]], wcfg)
+        if corrected.strip() == answer["answer"].strip():
+            unchanged += 1
+            continue
+        pairs.append({"image": item["image"], "question": item["question"], "chosen": corrected,
+                      "rejected": answer["answer"], "idx": len(pairs), "image_path": f"world/{item['scene']}.png"})
+    if not pairs:
+        raise DataError("feedback: the SFT model made no mistakes to correct; no preference pairs")
+    write_parquet(rlhfv_records(pairs, "synthetic-world"), out / "rlhfv_feedback.parquet")
+    normalised, bad = normalise_preferences(load_raw(str(out / "rlhfv_feedback.parquet")), "feedback",
+                                            cfg.data.on_bad_row)
+    write_parquet(normalised, cfg.run_path / "data" / "preferences.parquet")
+    stats = {"answers": len(answers), "corrected": len(pairs), "already_correct": unchanged,
+             "correction_rate": len(pairs) / len(answers), "bad_rows": bad.to_dict()}
+    write_json(out / "stats.json", stats)
+    return stats
+
+
+# ---------------------------------------------------------------- stage 03: reference log-probs + DDPO
+def tokenise_pairs(cfg: Config, processor) -> tuple[list[dict[str, Any]], BadRows]:
+    """Preference pairs with token ids; pairs longer than `data.max_length` are reported and skipped."""
+    bad = BadRows("preferences.parquet")
+    rows = []
+    ds = read_parquet(cfg.run_path / "data" / "preferences.parquet")
+    prompt_lengths: dict[str, int] = {}
+    for index, row in enumerate(ds):
+        image = row["image"]["bytes"]
+        chosen = response_ids(processor, row["question"], row["chosen"])
+        rejected = response_ids(processor, row["question"], row["rejected"])
+        key = row["question"] if cfg.model.base == "tiny" else row["uid"]
+        if key not in prompt_lengths:
+            prompt_lengths[key] = prompt_length(processor, row["question"], image)
+        length = prompt_lengths[key] + max(len(chosen), len(rejected))
+        if length > cfg.data.max_length:
+            if cfg.data.on_bad_row == "error":
+                raise DataError(f"preferences.parquet: row {index} (id {row['uid']}): {length} tokens "
+                                f"exceed data.max_length {cfg.data.max_length}")
+            bad.add(f"longer than data.max_length ({cfg.data.max_length})", row["uid"])
+            continue
+        rows.append({"uid": row["uid"], "image": image, "question": row["question"],
+                     "chosen_ids": chosen, "rejected_ids": rejected})
+    return rows, bad
+
+
+def compute_reference(cfg: Config, rows: list[dict[str, Any]], model=None, processor=None) -> Path:
+    """Per-token reference log-probs of `rows` under the frozen SFT model, cached in `<run>/data/logps`."""
+    path = sft_model_path(cfg)
+    cache = cache_path(cfg.run_path / "data" / "logps", path, rows)
+    processor = processor or load_processor(path, cfg.model)
+    model = model or load_model(path, cfg.model)
+    reference_logps(model, processor, rows, cache, cfg.ddpo.ref_batch_size)
+    return cache
+
+
+def ddpo_dataset(rows: list[dict[str, Any]], reference: dict[str, dict[str, list[float]]], gamma: float,
+                 min_match: int) -> datasets.Dataset:
+    """Training rows: ids, dense weights for `gamma`, and the cached reference log-probs."""
+    out = []
+    for row in rows:
+        chosen_w, rejected_w = diff_token_weights(row["chosen_ids"], row["rejected_ids"], gamma, min_match)
+        ref = reference[row["uid"]]
+        out.append({**row, "chosen_weights": chosen_w, "rejected_weights": rejected_w,
+                    "ref_chosen_logps": ref["chosen"], "ref_rejected_logps": ref["rejected"]})
+    return datasets.Dataset.from_list(out)
+
+
+def ddpo_dir(cfg: Config, gamma: float) -> Path:
+    return cfg.run_path / "ddpo" / f"gamma{gamma:g}"
+
+
+def run_ddpo(cfg: Config, rows: list[dict[str, Any]], cache: Path, gamma: float) -> Path:
+    """DDPO from the SFT model with the given gamma (1 = plain DPO); returns the trained model folder."""
+    from rlhfv_nb.logps import read_cache
+    from rlhfv_nb.train import train_ddpo
+
+    path = sft_model_path(cfg)
+    processor = load_processor(path, cfg.model)
+    model = load_model(path, cfg.model)
+    pairs = ddpo_dataset(rows, read_cache(cache), gamma, cfg.ddpo.min_match)
+    return train_ddpo(model, processor, pairs, cfg.ddpo, cfg.model, ddpo_dir(cfg, gamma), cfg.seed)
+
+
+def chat_prompt(processor, question: str) -> str:
+    """The exact prompt text a model sees for a question (for display)."""
+    return prompt_text(processor, question)
+
+
+__all__ = ["user_message"]
