@@ -170,25 +170,25 @@ def _sample_kinds(rng: random.Random, cfg: WorldConfig, n: int, rate: float) -> 
     a companion drawn on its own bars its leader, so companions never co-occur by chance.
     Leaders are drawn with extra weight so that all kinds are about equally common.
     """
-    follower = dict(cfg.companions)
-    leader = {c: k for k, c in cfg.companions}
+    companion_of = dict(cfg.companions)
+    leader_of = {c: k for k, c in cfg.companions}
     chosen: list[str] = []
     barred: set[str] = set()
     while len(chosen) < n:
         pool = [k for k in cfg.kind_names if k not in chosen and k not in barred]
         if not pool:
             break
-        kind = rng.choices(pool, [_LEADER_WEIGHT if k in follower else 1.0 for k in pool])[0]
-        if kind in follower:
+        kind = rng.choices(pool, [_LEADER_WEIGHT if k in companion_of else 1.0 for k in pool])[0]
+        if kind in companion_of:
             if len(chosen) + 2 > n:
                 barred.add(kind)
                 continue
             if rng.random() < rate:
-                chosen.append(follower[kind])
+                chosen.append(companion_of[kind])
             else:
-                barred.add(follower[kind])
-        elif kind in leader:
-            barred.add(leader[kind])
+                barred.add(companion_of[kind])
+        elif kind in leader_of:
+            barred.add(leader_of[kind])
         chosen.append(kind)
     return chosen
 
@@ -441,7 +441,7 @@ def make_sft_rows(
 
     Keys: image (PIL), question, answer, scene (dict), qtype ("describe" | "exists" | "color" | "count").
     """
-    rng = random.Random(f"sft-{seed}")
+    rng = random.Random(f"sft-rows-{seed}")
     rows = []
     for _ in range(n_images):
         scene = sample_scene(rng, cfg, "sft")
