@@ -1,0 +1,235 @@
+"""Tests for the synthetic image world (rlhfv_nb.world)."""
+
+import difflib
+import random
+import re
+
+import numpy as np
+import pytest
+
+from rlhfv_nb.world import (
+    DESCRIBE_PROMPTS,
+    Scene,
+    WorldConfig,
+    WorldObject,
+    correct_description,
+    describe,
+    make_fresh_scenes,
+    make_sft_rows,
+    place_phrase,
+    render,
+    sample_scene,
+    short_questions,
+    synonyms_text,
+)
+
+CFG = WorldConfig()
+# tent's companion is star; the scene misses a blue ball in the bottom right.
+SCENE = Scene((WorldObject("tent", "red", 0, 0), WorldObject("ball", "blue", 3, 3)))
+
+
+def words_of(cfg: WorldConfig) -> dict[str, set[str]]:
+    """Category -> all words naming it."""
+    synonyms = dict(cfg.synonyms)
+    return {k: {k, *synonyms.get(k, ())} for k in cfg.kind_names}
+
+
+def mentioned(text: str, cfg: WorldConfig) -> list[str]:
+    tokens = re.findall(r"[a-z]+", text.lower())
+    return [k for t in tokens for k, ws in words_of(cfg).items() if t in ws]
+
+
+def test_config_from_dict_with_lists():
+    d = {
+        "kinds": [[k, s] for k, s in CFG.kinds],
+        "colors": {n: list(c) for n, c in CFG.colors},
+        "synonyms": {k: list(v) for k, v in CFG.synonyms},
+        "companions": [list(p) for p in CFG.companions],
+        "background": list(CFG.background),
+    }
+    assert WorldConfig(**d) == CFG
+    hash(WorldConfig(**d))
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [
+        {"companions": [["tent", "dragon"]]},
+        {"companions": [["tent", "star"], ["star", "ball"]]},
+        {"synonyms": {"ball": ["red"]}},
+        {"kinds": [["ball", "blob"]]},
+        {"max_objects": 17},
+    ],
+)
+def test_config_rejects_inconsistent_values(bad):
+    with pytest.raises(ValueError):
+        WorldConfig(**bad)
+
+
+def test_determinism():
+    a, b = make_sft_rows(CFG, 6, seed=3), make_sft_rows(CFG, 6, seed=3)
+    texts = [[(r["question"], r["answer"], r["scene"]) for r in rows] for rows in (a, b)]
+    assert texts[0] == texts[1]
+    assert all(x["image"].tobytes() == y["image"].tobytes() for x, y in zip(a, b, strict=True))
+    assert make_fresh_scenes(CFG, 20, seed=1) == make_fresh_scenes(CFG, 20, seed=1)
+    assert make_fresh_scenes(CFG, 20, seed=1) != make_fresh_scenes(CFG, 20, seed=2)
+
+
+def test_scene_round_trip_and_shape():
+    for scene in make_fresh_scenes(CFG, 200, seed=0):
+        assert Scene.from_dict(scene.to_dict()) == scene
+        assert CFG.min_objects <= len(scene.objects) <= CFG.max_objects
+        assert len(scene.kinds) == len(scene.objects)
+        assert len({(o.row, o.col) for o in scene.objects}) == len(scene.objects)
+
+
+def test_companion_rates_differ_between_splits():
+    for split, rate in (("sft", CFG.companion_rate_sft), ("fresh", CFG.companion_rate_fresh)):
+        rng = random.Random(0)
+        scenes = [sample_scene(rng, CFG, split) for _ in range(2000)]
+        for kind, companion in CFG.companions:
+            with_kind = [s for s in scenes if kind in s.kinds]
+            assert len(with_kind) > 150
+            measured = sum(companion in s.kinds for s in with_kind) / len(with_kind)
+            assert abs(measured - rate) < 0.06, (split, kind, measured)
+
+
+def test_every_object_is_visible_and_empty_cells_are_background():
+    cell = CFG.image_size // CFG.grid
+    for scene in make_fresh_scenes(CFG, 30, seed=5):
+        img = np.asarray(render(scene, CFG), dtype=float)
+        assert img.shape == (CFG.image_size, CFG.image_size, 3)
+        occupied = {(o.row, o.col) for o in scene.objects}
+        for r in range(CFG.grid):
+            for c in range(CFG.grid):
+                patch = img[r * cell : (r + 1) * cell, c * cell : (c + 1) * cell]
+                diff = np.abs(patch - np.array(CFG.background)).max(axis=2)
+                if (r, c) in occupied:
+                    assert (diff > 60).sum() >= 12, (scene, r, c)
+                else:
+                    assert diff.max() <= CFG.noise + 1
+
+
+def test_describe_mentions_exactly_the_scene_objects():
+    rng = random.Random(0)
+    for scene in make_fresh_scenes(CFG, 300, seed=2):
+        text = describe(scene, rng, CFG)
+        assert sorted(mentioned(text, CFG)) == sorted(o.kind for o in scene.objects)
+        assert all(place_phrase(o, CFG) in text.lower() for o in scene.objects)
+        assert correct_description(text, scene, CFG) == text
+
+
+def test_short_questions_balanced_and_adversarial():
+    rng = random.Random(0)
+    qas = [qa for s in make_fresh_scenes(CFG, 500, seed=4) for qa in short_questions(s, rng, CFG)]
+    exists = [qa for qa in qas if qa.type == "exists"]
+    yes = sum(qa.label == "yes" for qa in exists)
+    assert yes == len(exists) - yes
+    assert {qa.probe for qa in exists} == {"present", "random", "adversarial"}
+    assert {qa.type for qa in qas} == {"exists", "color", "count"}
+    for qa in exists:
+        assert qa.answer == {"yes": "Yes.", "no": "No."}[qa.label]
+
+
+def test_short_question_answers_are_true():
+    rng = random.Random(1)
+    for scene in make_fresh_scenes(CFG, 100, seed=6):
+        for qa in short_questions(scene, rng, CFG):
+            if qa.type == "exists":
+                assert (qa.kind in scene.kinds) == (qa.label == "yes")
+                if qa.probe == "adversarial":
+                    assert any(dict(CFG.companions).get(k) == qa.kind for k in scene.kinds)
+            elif qa.type == "color":
+                kind = qa.question.split()[-1].rstrip("?")
+                assert qa.answer == next(o.color for o in scene.objects if o.kind == kind).capitalize() + "."
+
+
+def test_sft_rows():
+    rows = make_sft_rows(CFG, 10, seed=0)
+    describes = [r for r in rows if r["qtype"] == "describe"]
+    assert len(describes) == 10
+    assert 20 <= len(rows) <= 30
+    assert all(r["question"] in DESCRIBE_PROMPTS for r in describes)
+    assert set(rows[0]) == {"image", "question", "answer", "scene", "qtype"}
+
+
+@pytest.mark.parametrize(
+    "answer, expected",
+    [
+        # hallucinated companion replaced by the missed object, with its colour and position
+        (
+            "There is a red tent in the top left. A yellow star is at the top.",
+            "There is a red tent in the top left. A blue ball is in the bottom right.",
+        ),
+        # nothing missed: the hallucinated sentence is deleted
+        (
+            "There is a red tent in the top left. A yellow star is at the top. "
+            "A blue ball is in the bottom right.",
+            "There is a red tent in the top left. A blue ball is in the bottom right.",
+        ),
+        # wrong colour of a present object fixed
+        (
+            "There is a green tent in the top left. A blue ball is in the bottom right.",
+            "There is a red tent in the top left. A blue ball is in the bottom right.",
+        ),
+        # correct answer unchanged (synonym included)
+        (
+            "In the top left, there is a red tent. There is a blue sphere in the bottom right.",
+            "In the top left, there is a red tent. There is a blue sphere in the bottom right.",
+        ),
+        # article follows the new colour; sentence-initial capitals kept
+        (
+            "In the top left, there is a red tent. At the top, there is an yellow crate.",
+            "In the top left, there is a red tent. In the bottom right, there is a blue ball.",
+        ),
+        # a hallucinated object in a sentence with a real one: only its phrase is removed
+        ("There is a red tent and a blue ball.", "There is a red tent and a blue ball."),
+        (
+            "There is a blue ball and a red star. A red tent is in the top left.",
+            "There is a blue ball. A red tent is in the top left.",
+        ),
+    ],
+)
+def test_correct_description_cases(answer, expected):
+    assert correct_description(answer, SCENE, CFG) == expected
+
+
+@pytest.mark.parametrize(
+    "garbage",
+    ["", "...", "star star star star", "There is a a a red red", "red", "A yellow", "tent tent. . . ball"],
+)
+def test_correct_description_survives_garbage(garbage):
+    out = correct_description(garbage, SCENE, CFG)
+    assert isinstance(out, str)
+    assert set(mentioned(out, CFG)) <= SCENE.kinds
+
+
+def test_corrections_are_fine_grained():
+    rng = random.Random(0)
+    changed = 0
+    for scene in make_fresh_scenes(CFG, 200, seed=9):
+        truth = describe(scene, rng, CFG)
+        absent = [k for k in CFG.kind_names if k not in scene.kinds]
+        victim = rng.choice(scene.objects)
+        answer = re.sub(rf"\b{victim.kind}\b", rng.choice(absent), truth, count=1)
+        chosen = correct_description(answer, scene, CFG)
+        assert set(mentioned(chosen, CFG)) <= scene.kinds
+        if answer != truth:
+            assert chosen == truth
+            changed += 1
+            a, c = answer.split(), chosen.split()
+            kept = sum(b.size for b in difflib.SequenceMatcher(None, a, c).get_matching_blocks())
+            assert kept >= 0.7 * len(a), (answer, chosen)
+    assert changed > 100
+
+
+def test_synonyms_text_format():
+    text = synonyms_text(CFG)
+    lines = text.strip().split("\n")
+    assert len(lines) == len(CFG.kind_names)
+    table = {}
+    for line in lines:
+        names = [w.strip() for w in line.split(",")]
+        assert all(names) and names[0] in CFG.kind_names
+        table.update({w: names[0] for w in names})
+    assert table == CFG.lexicon
