@@ -104,6 +104,13 @@ class TrainConfig:
 
 
 @dataclass
+class SFTConfig(TrainConfig):
+    """Supervised fine-tuning; `enabled: false` uses the base model as the SFT model (e.g. LLaVA-1.5)."""
+
+    enabled: bool = True
+
+
+@dataclass
 class FeedbackConfig:
     """Simulated correctional feedback on the synthetic world (the annotator of RLHF-V)."""
 
@@ -183,7 +190,7 @@ class Config:
     run_dir: str = "runs/cpu-tiny"
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
-    sft: TrainConfig = field(default_factory=lambda: TrainConfig(epochs=8.0, batch_size=32, lr=2e-3))
+    sft: SFTConfig = field(default_factory=lambda: SFTConfig(epochs=8.0, batch_size=32, lr=2e-3))
     feedback: FeedbackConfig = field(default_factory=FeedbackConfig)
     ddpo: DDPOConfig = field(default_factory=lambda: DDPOConfig(epochs=2.0, batch_size=16, lr=2e-4))
     evaluation: EvalConfig = field(default_factory=EvalConfig)
