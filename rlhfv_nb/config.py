@@ -313,7 +313,7 @@ def _validate(cfg: Config) -> Config:
 
         try:
             WorldConfig(**cfg.data.world)
-        except TypeError as err:
+        except (TypeError, ValueError) as err:
             raise ConfigError(f"data.world: {err}") from err
     return cfg
 
