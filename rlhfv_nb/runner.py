@@ -1,0 +1,150 @@
+"""Run the notebooks in order with papermill into `<run>/notebooks/`, skipping finished stages unless forced."""
+
+from __future__ import annotations
+
+import logging
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import papermill
+import yaml
+from papermill.exceptions import PapermillExecutionError
+
+from rlhfv_nb.config import Config, load_config, project_root
+
+
+@dataclass(frozen=True)
+class Stage:
+    """One notebook of the pipeline; `key` is its number ("01") and `name` its file stem ("01_data")."""
+
+    key: str
+    name: str
+    path: Path
+
+
+def stages(notebook_dir: Path | None = None) -> list[Stage]:
+    """The numbered notebooks, in order."""
+    folder = notebook_dir or project_root() / "notebooks"
+    found = sorted(folder.glob("[0-9][0-9]_*.ipynb"))
+    return [Stage(p.stem[:2], p.stem, p) for p in found]
+
+
+def select(all_stages: list[Stage], only: Sequence[str] | None) -> list[Stage]:
+    """Stages named in `only` by number ("01") or name ("01_data"); all when `only` is empty."""
+    if not only:
+        return all_stages
+    wanted = set(only)
+    chosen = [s for s in all_stages if s.key in wanted or s.name in wanted]
+    unknown = wanted - {s.key for s in chosen} - {s.name for s in chosen}
+    if unknown:
+        names = ", ".join(s.name for s in all_stages)
+        raise ValueError(f"unknown stage(s) {sorted(unknown)}; stages are: {names}")
+    return chosen
+
+
+def parse_overrides(pairs: Sequence[str]) -> dict[str, Any]:
+    """`["ddpo.beta=0.1", "seed=3"]` -> `{"ddpo": {"beta": 0.1}, "seed": 3}` (values parsed as YAML)."""
+    out: dict[str, Any] = {}
+    for pair in pairs:
+        if "=" not in pair:
+            raise ValueError(f"--set {pair!r}: expected section.key=value")
+        key, raw = pair.split("=", 1)
+        target = out
+        *sections, leaf = key.split(".")
+        for section in sections:
+            target = target.setdefault(section, {})
+        target[leaf] = yaml.safe_load(raw)
+    return out
+
+
+def stage_done(cfg: Config, stage: Stage) -> bool:
+    return (cfg.run_path / "stages" / f"{stage.name}.json").exists()
+
+
+class _StageLog(logging.Handler):
+    """Copies papermill's cell output into `<run>/logs/<stage>.log`."""
+
+    def __init__(self, path: Path):
+        super().__init__()
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self.handle = path.open("w")
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.handle.write(self.format(record) + "\n")
+        self.handle.flush()
+
+    def close(self) -> None:
+        self.handle.close()
+        super().close()
+
+
+def run(
+    params: str | Path,
+    only: Sequence[str] | None = None,
+    force: bool = False,
+    overrides: dict[str, Any] | None = None,
+    kernel: str | None = None,
+    progress: bool = True,
+) -> Path:
+    """Execute the selected notebooks with the params file's values; returns the run folder.
+
+    A failing notebook raises `StageFailed` naming the stage, cell and error; the stages before it keep
+    their artifacts and their executed notebooks.
+    """
+    cfg = load_config(params, **(overrides or {}))
+    values = cfg.to_dict()
+    run_path = cfg.run_path
+    (run_path / "notebooks").mkdir(parents=True, exist_ok=True)
+    (run_path / "params.yaml").write_text(yaml.safe_dump({"source": str(params), **values}, sort_keys=False))
+    chosen = select(stages(), only)
+    for stage in chosen:
+        if stage_done(cfg, stage) and not force:
+            print(f"[skip] {stage.name}: finished earlier (use --force to re-run)", flush=True)
+            continue
+        output = run_path / "notebooks" / f"{stage.name}.ipynb"
+        print(f"[run ] {stage.name} -> {output}", flush=True)
+        started = time.time()
+        handler = _StageLog(run_path / "logs" / f"{stage.name}.log")
+        logger = logging.getLogger("papermill")
+        logger.addHandler(handler)
+        try:
+            papermill.execute_notebook(
+                str(stage.path), str(output), parameters=values, cwd=str(project_root()),
+                kernel_name=kernel, progress_bar=progress, log_output=True,
+            )
+        except PapermillExecutionError as err:
+            raise StageFailed(stage, output, err) from None
+        finally:
+            logger.removeHandler(handler)
+            handler.close()
+        print(f"[done] {stage.name} in {time.time() - started:.0f}s", flush=True)
+    return run_path
+
+
+class StageFailed(RuntimeError):
+    """A notebook raised; carries the stage, the executed notebook and the failing cell."""
+
+    def __init__(self, stage: Stage, notebook: Path, err: PapermillExecutionError):
+        self.stage, self.notebook, self.error = stage, notebook, err
+        source = (err.source or "").strip().splitlines()
+        snippet = "\n    ".join(source[:8])
+        super().__init__(
+            f"stage {stage.name} failed in cell {err.exec_count}: {err.ename}: {err.evalue}\n"
+            f"  cell source:\n    {snippet}\n  executed notebook (with the traceback): {notebook}"
+        )
+
+
+def main_run(args: Any) -> int:
+    """CLI body of `rlhfv-nb run`."""
+    try:
+        run_path = run(args.params, only=args.only, force=args.force, overrides=parse_overrides(args.set),
+                       kernel=args.kernel)
+    except StageFailed as err:
+        print(f"\n[fail] {err}", file=sys.stderr)
+        return 1
+    print(f"run folder: {run_path}")
+    return 0
