@@ -1,0 +1,118 @@
+"""Local servers for the evaluation tests: an OpenAI-compatible chat endpoint and a static file server."""
+
+from __future__ import annotations
+
+import functools
+import json
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Iterator
+from http.server import BaseHTTPRequestHandler, SimpleHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import pytest
+
+FIXTURES = Path(__file__).parent / "fixtures"
+API_KEY = "sk-test-SECRET-KEY-never-stored-1234"
+JUDGE_MODEL = "judge-test"
+
+
+class FakeOpenAI:
+    """Serves /v1/chat/completions. Scripted replies (HTTP status int or content str) are used first,
+    then `responder(last user message) -> content`. Records every request."""
+
+    def __init__(self) -> None:
+        self.script: deque[int | str] = deque()
+        self.responder: Callable[[str], str] = lambda prompt: "ok"
+        self.requests: list[dict] = []
+        self.auth_headers: list[str] = []
+        self.delay_s = 0.0
+        self.in_flight = 0
+        self.max_in_flight = 0
+        self.lock = threading.Lock()
+        self.url = ""
+
+    def reply(self, body: dict) -> tuple[int, dict]:
+        with self.lock:
+            step = self.script.popleft() if self.script else None
+        if isinstance(step, int):
+            return step, {"error": {"message": f"scripted {step}", "type": "test", "code": None}}
+        content = step if step is not None else self.responder(body["messages"][-1]["content"])
+        return 200, {
+            "id": "chatcmpl-test",
+            "object": "chat.completion",
+            "created": 0,
+            "model": JUDGE_MODEL,
+            "choices": [{"index": 0, "message": {"role": "assistant", "content": content},
+                         "finish_reason": "stop"}],
+            "usage": {"prompt_tokens": 10, "completion_tokens": 5, "total_tokens": 15},
+        }
+
+
+def _handler(fake: FakeOpenAI) -> type[BaseHTTPRequestHandler]:
+    class Handler(BaseHTTPRequestHandler):
+        def log_message(self, *args: object) -> None:
+            pass
+
+        def do_POST(self) -> None:  # noqa: N802
+            body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+            with fake.lock:
+                fake.requests.append(body)
+                fake.auth_headers.append(self.headers.get("Authorization", ""))
+                fake.in_flight += 1
+                fake.max_in_flight = max(fake.max_in_flight, fake.in_flight)
+            time.sleep(fake.delay_s)
+            status, payload = fake.reply(body)
+            with fake.lock:
+                fake.in_flight -= 1
+            data = json.dumps(payload).encode()
+            self.send_response(status)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(data)))
+            if status == 429:
+                self.send_header("Retry-After", "0")
+            self.end_headers()
+            self.wfile.write(data)
+
+    return Handler
+
+
+class _QuietFiles(SimpleHTTPRequestHandler):
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+def _serve(handler: Callable[..., BaseHTTPRequestHandler]) -> Iterator[str]:
+    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, args=(0.02,), daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+@pytest.fixture
+def openai_server(monkeypatch: pytest.MonkeyPatch) -> Iterator[FakeOpenAI]:
+    """A fake OpenAI endpoint on 127.0.0.1 and OPENAI_API_KEY set for it."""
+    monkeypatch.setenv("OPENAI_API_KEY", API_KEY)
+    fake = FakeOpenAI()
+    for url in _serve(_handler(fake)):
+        fake.url = url + "/v1"
+        yield fake
+
+
+@pytest.fixture
+def file_server(tmp_path: Path) -> Iterator[tuple[str, Path]]:
+    """(base URL, folder) of a static HTTP server on 127.0.0.1 serving `folder`."""
+    root = tmp_path / "www"
+    root.mkdir()
+    for url in _serve(functools.partial(_QuietFiles, directory=str(root))):
+        yield url, root
+
+
+@pytest.fixture
+def coco_dir() -> Path:
+    return FIXTURES / "coco"
