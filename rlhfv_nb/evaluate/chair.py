@@ -385,7 +385,8 @@ def evaluate_chair(
         result.summary["extraction"] = "word_match"
         return result
     qs = {coco_image_id(k): v for k, v in (questions or {}).items()}
-    found, errors = llm_mentions(normalised, vocab, judge, qs)
+    known = {k: v for k, v in normalised.items() if k in truth}  # no judge calls for unknown ids
+    found, errors = llm_mentions(known, vocab, judge, qs)
     result = score_responses(normalised, truth, vocab, mentions=found, extraction_errors=errors)
     result.summary.update(extraction="llm", judge=judge.usage())
     return result
