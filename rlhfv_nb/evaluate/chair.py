@@ -26,12 +26,9 @@ from importlib import resources
 from pathlib import Path
 from typing import NamedTuple
 
-import inflect
-
 from rlhfv_nb.evaluate import benchmarks
 
 _TOKEN = re.compile(r"[^\W_]+(?:-[^\W_]+)*")
-_INFLECT = inflect.engine()
 
 # COCO-specific rules of the reference implementation.
 _COCO_EXTRA_PHRASES = ("home plate", "train track")  # counted as themselves, so "train track" is no train
@@ -123,8 +120,15 @@ class ChairVocabulary:
 
 
 @cache
+def _inflect_engine():  # imported lazily: `import inflect` takes seconds
+    import inflect
+
+    return inflect.engine()
+
+
+@cache
 def _singular(word: str) -> str:
-    return _INFLECT.singular_noun(word) or word
+    return _inflect_engine().singular_noun(word) or word
 
 
 def singularize(word: str, keep: Iterable[str] = ()) -> str:
@@ -385,7 +389,8 @@ def evaluate_chair(
         result.summary["extraction"] = "word_match"
         return result
     qs = {coco_image_id(k): v for k, v in (questions or {}).items()}
-    found, errors = llm_mentions(normalised, vocab, judge, qs)
+    known = {k: v for k, v in normalised.items() if k in truth}  # no judge calls for unknown ids
+    found, errors = llm_mentions(known, vocab, judge, qs)
     result = score_responses(normalised, truth, vocab, mentions=found, extraction_errors=errors)
     result.summary.update(extraction="llm", judge=judge.usage())
     return result

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Generic, TypeVar
 
 import openai
+from openai.types.chat import ChatCompletion
 
 T = TypeVar("T")
 Messages = Sequence[dict[str, str]]
@@ -179,6 +180,9 @@ class JudgeClient:
             except openai.APIStatusError as err:
                 self._usage.add(failures=1)
                 return JudgeReply(None, self.model, error=f"HTTP {err.status_code}: {err}")
+            if not response.choices:
+                self._usage.add(failures=1)
+                return JudgeReply(None, response.model or self.model, error="reply without choices")
             return self._record(key, messages, max_tokens, response)
         raise AssertionError("unreachable")
 
@@ -191,7 +195,7 @@ class JudgeClient:
             wait = self.backoff_s * 2**attempt
         return min(wait, self.max_backoff_s)
 
-    def _record(self, key: str, messages: Messages, max_tokens: int, response: object) -> JudgeReply:
+    def _record(self, key: str, messages: Messages, max_tokens: int, response: ChatCompletion) -> JudgeReply:
         text = response.choices[0].message.content or ""
         model = response.model or self.model
         usage = response.usage

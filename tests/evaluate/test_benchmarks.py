@@ -1,0 +1,138 @@
+"""Data helpers against a local HTTP server on 127.0.0.1 (no real network)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import threading
+import zipfile
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import pytest
+from conftest import FIXTURES
+
+from rlhfv_nb.evaluate import benchmarks
+from rlhfv_nb.evaluate.chair import evaluate_chair
+
+
+def _jsonl(path: Path, rows: list[dict]) -> None:
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+
+
+def _no_partials(folder: Path) -> bool:
+    return not any(p.name.endswith((".part", ".tmp")) for p in folder.rglob("*"))
+
+
+def test_download_is_atomic_and_cached(file_server: tuple[str, Path], tmp_path: Path) -> None:
+    url, root = file_server
+    (root / "a.txt").write_text("hello")
+    dest = benchmarks.download(f"{url}/a.txt", tmp_path / "cache" / "a.txt")
+    assert dest.read_text() == "hello"
+    (root / "a.txt").write_text("changed")
+    assert benchmarks.download(f"{url}/a.txt", dest).read_text() == "hello"  # not fetched again
+    with pytest.raises(OSError):
+        benchmarks.download(f"{url}/missing.txt", tmp_path / "cache" / "missing.txt")
+    assert not (tmp_path / "cache" / "missing.txt").exists() and _no_partials(tmp_path / "cache")
+
+
+def test_object_halbench_rows_verified(file_server: tuple[str, Path], tmp_path: Path) -> None:
+    url, root = file_server
+    rows = [{"image_id": i, "question": "Describe the image.", "image": "aGk="} for i in range(300)]
+    _jsonl(root / "full.jsonl", rows)
+    assert len(benchmarks.fetch_object_halbench(tmp_path, url=f"{url}/full.jsonl")) == 300
+    _jsonl(root / "short.jsonl", rows[:299])
+    with pytest.raises(ValueError, match=r"short\.jsonl: expected 300 rows, found 299"):
+        benchmarks.fetch_object_halbench(tmp_path, url=f"{url}/short.jsonl")
+    _jsonl(root / "bad.jsonl", rows[:5] + [{"image_id": 5, "image": "aGk="}] + rows[6:])
+    with pytest.raises(ValueError, match=r"bad\.jsonl: row 6: missing field 'question'"):
+        benchmarks.fetch_object_halbench(tmp_path, url=f"{url}/bad.jsonl")
+
+
+def test_coco_annotations_from_zip(file_server: tuple[str, Path], tmp_path: Path) -> None:
+    url, root = file_server
+    with zipfile.ZipFile(root / "annotations_trainval2014.zip", "w") as zf:
+        for name in benchmarks.COCO_FILES:
+            zf.write(FIXTURES / "coco" / "annotations" / name, f"annotations/{name}")
+        zf.writestr("annotations/instances_train2014.json", "{}")
+    coco_dir = benchmarks.fetch_coco_annotations(tmp_path, url=f"{url}/annotations_trainval2014.zip")
+    assert sorted(p.name for p in (coco_dir / "annotations").iterdir()) == sorted(benchmarks.COCO_FILES)
+    assert evaluate_chair({1: "A dog and a car."}, coco_dir).summary["CHAIRi"] == pytest.approx(0.5)
+    assert _no_partials(tmp_path)
+
+
+def test_llava_bench_files(file_server: tuple[str, Path], tmp_path: Path) -> None:
+    url, root = file_server
+    _jsonl(root / "qa90_questions.jsonl",
+           [{"question_id": i, "image": "x.jpg", "text": "Q?", "category": "conv"} for i in range(90)])
+    _jsonl(root / "qa90_gpt4_answer.jsonl", [{"question_id": i, "text": "A."} for i in range(90)])
+    _jsonl(root / "caps_boxes_coco2014_val_80.jsonl",
+           [{"image": f"{i}.jpg", "captions": [], "instances": []} for i in range(80)])
+    data = benchmarks.fetch_llava_bench(tmp_path, base_url=url)
+    assert {k: len(v) for k, v in data.items()} == {"questions": 90, "references": 90, "contexts": 80}
+
+
+def test_mmhal_template_checked(tmp_path: Path) -> None:
+    item = json.loads((FIXTURES / "mmhal_template.json").read_text())[0]
+    path = tmp_path / "response_template.json"
+    path.write_text(json.dumps([item] * 96))
+    assert len(benchmarks.load_mmhal_template(path)) == 96
+    path.write_text(json.dumps([item] * 95))
+    with pytest.raises(ValueError, match="expected 96 rows, found 95"):
+        benchmarks.load_mmhal_template(path)
+    broken = {k: v for k, v in item.items() if k != "gt_answer"}
+    path.write_text(json.dumps([item] * 10 + [broken] + [item] * 85))
+    with pytest.raises(ValueError, match="item 10: missing field 'gt_answer'"):
+        benchmarks.load_mmhal_template(path)
+
+
+def test_coco_image_url() -> None:
+    assert benchmarks.coco_image_url("000000296284") == (
+        "http://images.cocodataset.org/val2014/COCO_val2014_000000296284.jpg")
+
+
+@pytest.fixture
+def hub_server() -> Iterator[tuple[str, dict[str, bytes]]]:
+    """A minimal Hugging Face hub `resolve` endpoint for the MMHal-Bench dataset repo."""
+    files: dict[str, bytes] = {}
+    prefix = f"/datasets/{benchmarks.MMHAL_REPO_ID}/resolve/main/"
+
+    class Hub(BaseHTTPRequestHandler):
+        def log_message(self, *args: object) -> None:
+            pass
+
+        def _reply(self, with_body: bool) -> None:
+            path = self.path.split("?")[0]
+            data = files.get(path[len(prefix):]) if path.startswith(prefix) else None
+            self.send_response(200 if data is not None else 404)
+            self.send_header("Content-Length", str(len(data or b"")))
+            if data is not None:
+                self.send_header("ETag", f'"{hashlib.sha1(data).hexdigest()}"')
+                self.send_header("X-Repo-Commit", "a" * 40)
+            self.end_headers()
+            if with_body and data:
+                self.wfile.write(data)
+
+        def do_HEAD(self) -> None:  # noqa: N802
+            self._reply(False)
+
+        def do_GET(self) -> None:  # noqa: N802
+            self._reply(True)
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Hub)
+    threading.Thread(target=server.serve_forever, args=(0.02,), daemon=True).start()
+    yield f"http://127.0.0.1:{server.server_address[1]}", files
+    server.shutdown()
+    server.server_close()
+
+
+def test_mmhal_from_hub(hub_server: tuple[str, dict[str, bytes]], tmp_path: Path) -> None:
+    endpoint, files = hub_server
+    item = json.loads((FIXTURES / "mmhal_template.json").read_text())[0]
+    files["response_template.json"] = json.dumps([item] * 96).encode()
+    files["images/a1_o.jpg"] = b"\xff\xd8 not really a jpeg"
+    items = benchmarks.fetch_mmhal_bench(tmp_path, endpoint=endpoint)
+    assert len(items) == 96
+    image = benchmarks.fetch_mmhal_image(items[0], tmp_path, endpoint=endpoint)
+    assert image.read_bytes() == files["images/a1_o.jpg"]
