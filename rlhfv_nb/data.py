@@ -93,8 +93,9 @@ def encode_image(image: Image.Image) -> bytes:
     return buffer.getvalue()
 
 
-def decode_image(data: bytes) -> Image.Image:
-    """An RGB PIL image from encoded bytes; raises `DataError` if they are not an image."""
+def decode_image(value: Any) -> Image.Image:
+    """An RGB PIL image from any image cell (see `image_bytes`); raises `DataError` if it is not an image."""
+    data = image_bytes(value)
     try:
         image = Image.open(io.BytesIO(data))
         image.load()

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import random
 from pathlib import Path
 from typing import Any
@@ -29,7 +28,8 @@ from rlhfv_nb.data import (
     write_parquet,
 )
 from rlhfv_nb.ddpo import diff_token_weights
-from rlhfv_nb.features import prompt_length, prompt_text, response_ids, user_message
+from rlhfv_nb.files import read_json, write_json
+from rlhfv_nb.features import prompt_length, response_ids
 from rlhfv_nb.generate import GenerationSettings, generate_answers
 from rlhfv_nb.logps import cache_path, reference_logps
 from rlhfv_nb.modeling import build_tiny_model, load_model, load_processor
@@ -38,21 +38,6 @@ log = logging.getLogger(__name__)
 
 
 # ---------------------------------------------------------------- run folder bookkeeping
-def write_json(path: Path, value: Any) -> Path:
-    """Write JSON atomically (a kill never leaves half a file)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(value, indent=1, default=str))
-    os.replace(tmp, path)
-    return path
-
-
-def read_json(path: Path, default: Any = None) -> Any:
-    path = Path(path)
-    return json.loads(path.read_text()) if path.exists() else default
-
-
 def update_metrics(cfg: Config, section: str, values: dict[str, Any]) -> dict[str, Any]:
     """Merge one stage's numbers into `<run>/metrics.json`."""
     path = cfg.run_path / "metrics.json"
@@ -267,10 +252,3 @@ def run_ddpo(cfg: Config, rows: list[dict[str, Any]], cache: Path, gamma: float)
     pairs = ddpo_dataset(rows, read_cache(cache), gamma, cfg.ddpo.min_match)
     return train_ddpo(model, processor, pairs, cfg.ddpo, cfg.model, ddpo_dir(cfg, gamma), cfg.seed)
 
-
-def chat_prompt(processor, question: str) -> str:
-    """The exact prompt text a model sees for a question (for display)."""
-    return prompt_text(processor, question)
-
-
-__all__ = ["user_message"]

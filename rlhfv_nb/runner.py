@@ -65,23 +65,6 @@ def stage_done(cfg: Config, stage: Stage) -> bool:
     return (cfg.run_path / "stages" / f"{stage.name}.json").exists()
 
 
-class _StageLog(logging.Handler):
-    """Copies papermill's cell output into `<run>/logs/<stage>.log`."""
-
-    def __init__(self, path: Path):
-        super().__init__()
-        path.parent.mkdir(parents=True, exist_ok=True)
-        self.handle = path.open("w")
-
-    def emit(self, record: logging.LogRecord) -> None:
-        self.handle.write(self.format(record) + "\n")
-        self.handle.flush()
-
-    def close(self) -> None:
-        self.handle.close()
-        super().close()
-
-
 def run(
     params: str | Path,
     only: Sequence[str] | None = None,
@@ -108,7 +91,8 @@ def run(
         output = run_path / "notebooks" / f"{stage.name}.ipynb"
         print(f"[run ] {stage.name} -> {output}", flush=True)
         started = time.time()
-        handler = _StageLog(run_path / "logs" / f"{stage.name}.log")
+        (run_path / "logs").mkdir(exist_ok=True)
+        handler = logging.FileHandler(run_path / "logs" / f"{stage.name}.log", mode="w")
         logger = logging.getLogger("papermill")
         logger.addHandler(handler)
         try:

@@ -32,6 +32,10 @@ class JsonlLogger(TrainerCallback):
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
 
+    def on_train_begin(self, args, state, control, **kwargs):
+        if state.is_world_process_zero and state.global_step == 0:
+            self.path.write_text("")  # a fresh run, not a resume: drop records of an earlier attempt
+
     def on_log(self, args, state, control, logs=None, **kwargs):
         if state.is_world_process_zero and logs:
             with self.path.open("a") as handle:

@@ -1,0 +1,81 @@
+"""Held-out evaluation on the synthetic world with the same CHAIR and POPE code as the real benchmarks.
+
+Description prompts are scored by CHAIR against each scene's known objects (vocabulary and synonyms
+from the world); existence questions by the POPE metrics; colour and count questions by exact match.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from rlhfv_nb.config import Config
+from rlhfv_nb.data import read_parquet
+from rlhfv_nb.evaluate.chair import ChairResult, ChairVocabulary, score_responses
+from rlhfv_nb.evaluate.pope import score_answers
+from rlhfv_nb.files import write_json
+from rlhfv_nb.generate import GenerationSettings, generate_answers
+from rlhfv_nb.modeling import load_model, load_processor
+from rlhfv_nb.world import Scene
+
+
+def world_vocabulary(cfg: Config) -> ChairVocabulary:
+    """The world's CHAIR vocabulary, as written by stage 01."""
+    text = (cfg.run_path / "data" / "world_synonyms.txt").read_text()
+    return ChairVocabulary.from_synonyms_text(text, name="synthetic-world")
+
+
+def eval_items(cfg: Config) -> list[dict[str, Any]]:
+    """Held-out items (`<run>/data/eval.parquet`), optionally limited to the first `evaluation.limit` images."""
+    rows = [dict(r, image=r["image"]["bytes"], id=r["uid"]) for r in read_parquet(cfg.run_path / "data" / "eval.parquet")]
+    if cfg.evaluation.limit:
+        images = set(list(dict.fromkeys(r["image_id"] for r in rows))[: cfg.evaluation.limit])
+        rows = [r for r in rows if r["image_id"] in images]
+    return rows
+
+
+def settings(cfg: Config) -> GenerationSettings:
+    e = cfg.evaluation
+    return GenerationSettings(max_new_tokens=e.max_new_tokens, num_beams=e.num_beams,
+                              repetition_penalty=e.repetition_penalty, seed=cfg.seed)
+
+
+def answer_items(cfg: Config, model_path: str, name: str, items: list[dict[str, Any]]) -> dict[str, str]:
+    """Greedy answers of one model to every item, cached in `<run>/eval/<name>/answers.jsonl`."""
+    processor = load_processor(model_path, cfg.model)
+    model = load_model(model_path, cfg.model)
+    out = cfg.run_path / "eval" / name / "answers.jsonl"
+    answers = generate_answers(model, processor, items, settings(cfg), out, cfg.evaluation.batch_size)
+    return {a["id"]: a["answer"] for a in answers}
+
+
+def score_world(items: list[dict[str, Any]], answers: dict[str, str], vocab: ChairVocabulary) -> tuple[dict, ChairResult]:
+    """CHAIR on descriptions, POPE metrics on existence questions, accuracy on colour/count questions."""
+    describe = [i for i in items if i["qtype"] == "describe"]
+    chair = score_responses(
+        {i["image_id"]: answers[i["id"]] for i in describe},
+        {i["image_id"]: Scene.from_dict(json.loads(i["scene"])).kinds for i in describe},
+        vocab,
+    )
+    exists = [{"question_id": i["id"], "label": i["label"]} for i in items if i["qtype"] == "exists"]
+    pope = score_answers(exists, answers)
+    summary = {"chair": chair.summary, "pope": pope}
+    for qtype in ("color", "count"):
+        asked = [i for i in items if i["qtype"] == qtype]
+        if asked:
+            right = sum(_norm(answers[i["id"]]) == _norm(i["answer"]) for i in asked)
+            summary[f"{qtype}_accuracy"] = right / len(asked)
+    return summary, chair
+
+
+def _norm(text: str) -> str:
+    return text.strip().lower().rstrip(".")
+
+
+def evaluate_model(cfg: Config, model_path: str, name: str) -> tuple[dict, ChairResult]:
+    """Answer and score the held-out world items with one model; writes `<run>/eval/<name>/scores.json`."""
+    items = eval_items(cfg)
+    answers = answer_items(cfg, model_path, name, items)
+    summary, chair = score_world(items, answers, world_vocabulary(cfg))
+    write_json(cfg.run_path / "eval" / name / "scores.json", {"summary": summary, "chair": chair.to_dict()})
+    return summary, chair
