@@ -46,6 +46,8 @@ TINY_CHAT_TEMPLATE = (
     "{% if add_generation_prompt %}ASSISTANT:{% endif %}"
 )
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+# Modules kept in full precision under 4-bit loading (the planner counts the same set).
+QUANT_SKIP_MODULES = ["vision_tower", "multi_modal_projector", "lm_head"]
 
 
 def train_tokenizer(texts: Iterable[str], vocab_size: int) -> PreTrainedTokenizerFast:
@@ -150,7 +152,7 @@ def quantization_config(cfg: ModelConfig) -> BitsAndBytesConfig | None:
         bnb_4bit_quant_type="nf4",
         bnb_4bit_use_double_quant=True,
         bnb_4bit_compute_dtype=DTYPES[cfg.dtype],
-        llm_int8_skip_modules=["vision_tower", "multi_modal_projector", "lm_head"],
+        llm_int8_skip_modules=list(QUANT_SKIP_MODULES),
     )
 
 
