@@ -141,7 +141,8 @@ class ModelShape:
             yield Module(f"{prefix}.layer_norms", 4 * vh, "vision")
         yield Module("model.vision_tower.post_layernorm", 2 * vh, "vision")
         yield _linear("model.multi_modal_projector.linear_1", vh, self.hidden, "projector", self.projector_bias)
-        yield _linear("model.multi_modal_projector.linear_2", self.hidden, self.hidden, "projector", self.projector_bias)
+        yield _linear("model.multi_modal_projector.linear_2", self.hidden, self.hidden, "projector",
+                      self.projector_bias)
         h, kv, q = self.hidden, self.kv_heads * self.head_dim, self.heads * self.head_dim
         yield Module("model.language_model.embed_tokens", self.vocab * h, "language")
         for i in range(self.layers):
