@@ -22,6 +22,7 @@ projector, a Llama-like decoder), the training setup from the run's params and i
 from __future__ import annotations
 
 import json
+import math
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -188,11 +189,18 @@ class Setup:
         return self.gpus * self.batch_per_gpu * self.grad_accum
 
     @classmethod
-    def from_config(cls, cfg: Config, stage: str = "ddpo") -> Setup:
-        """The setup of `stage` ("ddpo" or "sft") under the run's params and accelerate config."""
+    def from_config(cls, cfg: Config, stage: str = "ddpo", num_items: int | None = None) -> Setup:
+        """The setup of `stage` ("ddpo" or "sft") under the run's params and accelerate config.
+
+        The step count is `max_steps`, or computed from `epochs` when `num_items` (pairs, for DDPO) is given.
+        """
         train = cfg.ddpo if stage == "ddpo" else cfg.sft
         sharding, accelerate_precision = read_accelerate_config(cfg.launch.accelerate_config)
         lora = cfg.model.lora
+        steps = train.max_steps if train.max_steps > 0 else None
+        if steps is None and num_items:
+            batches = math.ceil(num_items / (train.batch_size * cfg.launch.num_processes))
+            steps = math.ceil(train.epochs * math.ceil(batches / train.grad_accum))
         return cls(
             gpus=cfg.launch.num_processes,
             batch_per_gpu=train.batch_size,
@@ -209,7 +217,7 @@ class Setup:
             sharding=sharding,
             gradient_checkpointing=cfg.model.gradient_checkpointing,
             lr=train.lr,
-            steps=train.max_steps if train.max_steps > 0 else None,
+            steps=steps,
         )
 
 
@@ -266,7 +274,7 @@ class Plan:
             ("parameters", f"{self.params['total'] / 1e9:.3f} B", f"{self.params['quantized'] / 1e9:.3f} B in 4-bit"),
             ("trainable parameters", f"{self.params['trainable'] / 1e6:.1f} M",
              f"LoRA r={s.lora_r}: {self.params['lora'] / 1e6:.1f} M" if s.lora_r else "full fine-tuning"),
-            *((f"memory: {name}", f"{value / GIB:.2f} GiB", "per GPU") for name, value in self.memory.items()),
+            *((f"memory: {name}", f"{value / GIB:.2f} GiB", "per GPU") for name, value in self.memory.items() if value),
             ("memory: total", f"{self.total_bytes / GIB:.2f} GiB", f"{self.gpu_memory_gb:g} GiB available"),
             ("tokens per step", f"{self.tokens_per_step:,}",
              f"{s.global_batch} items x {s.sequences_per_item} sequences x {s.seq_len} tokens"),
@@ -395,14 +403,14 @@ def estimate(shape: ModelShape, setup: Setup, gpu_memory_gb: float, peak_tflops:
 
 
 def plan(cfg: Config, gpu_memory_gb: float, model_config: Any = None, stage: str = "ddpo",
-         peak_tflops: float = 312.0, utilisation: float = 0.4) -> Plan:
+         num_items: int | None = None, peak_tflops: float = 312.0, utilisation: float = 0.4) -> Plan:
     """The estimate for a run's `stage`; the model's config is read from `cfg.model.base` unless given.
 
     `model_config`: a transformers config, its dict, or a path to `config.json`. GPU memory is in GiB,
-    as cards are quoted (a "24 GB" card has 24 GiB).
+    as cards are quoted (a "24 GB" card has 24 GiB). `num_items`: training pairs, for the total time.
     """
     shape = ModelShape.from_config(model_config if model_config is not None else cfg.model.base)
-    return estimate(shape, Setup.from_config(cfg, stage), gpu_memory_gb, peak_tflops, utilisation)
+    return estimate(shape, Setup.from_config(cfg, stage, num_items), gpu_memory_gb, peak_tflops, utilisation)
 
 
 def check_hardware(cfg: Config) -> str:
