@@ -46,8 +46,9 @@ TINY_CHAT_TEMPLATE = (
     "{% if add_generation_prompt %}ASSISTANT:{% endif %}"
 )
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-# Modules kept in full precision under 4-bit loading (the planner counts the same set).
-QUANT_SKIP_MODULES = ["vision_tower", "multi_modal_projector", "lm_head"]
+# Modules kept in full precision under 4-bit loading (the planner counts the same set). Full module paths:
+# transformers 5 matches these from the start of a module's name, so a bare "vision_tower" skips nothing.
+QUANT_SKIP_MODULES = ["model.vision_tower", "model.multi_modal_projector", "lm_head"]
 
 
 def train_tokenizer(texts: Iterable[str], vocab_size: int) -> PreTrainedTokenizerFast:

@@ -304,7 +304,7 @@ def estimate(shape: ModelShape, setup: Setup, gpu_memory_gb: float, peak_tflops:
                    for part in PARTS}
     saved = [m for m in modules if any(_in_module(m.name, target) for target in setup.modules_to_save)]
     quantized = [m for m in modules if setup.load_in_4bit and m.linear and m.numel
-                 and not any(skip in m.name for skip in QUANT_SKIP_MODULES)]
+                 and not any(m.name == skip or m.name.startswith(skip + ".") for skip in QUANT_SKIP_MODULES)]
     total = sum(m.numel for m in modules)
     if setup.lora_r:
         trainable = {part: lora_params[part] + sum(m.numel for m in saved if m.part == part) for part in PARTS}
