@@ -208,8 +208,8 @@ def launch_stage(cfg: Config, stage: str, gamma: float | None = None, params_pat
     return Path(done[-1])
 
 
-def main(argv: Sequence[str] | None = None) -> None:
-    """Entry point of each launched process."""
+def parse_command(argv: Sequence[str] | None = None) -> tuple[str, Config, float | None]:
+    """(stage, config, gamma) from `<stage> <params.yaml> [--gamma G] [--set section.key=value ...]`."""
     parser = argparse.ArgumentParser(prog="accelerate launch -m rlhfv_nb.launch", description=__doc__.split("\n")[0])
     parser.add_argument("stage", choices=STAGES)
     parser.add_argument("params", help="a params YAML file")
@@ -217,7 +217,12 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",
                         help="override one parameter (repeatable); the value is YAML")
     args = parser.parse_args(argv)
-    cfg = load_config(args.params, **parse_overrides(args.overrides))
+    return args.stage, load_config(args.params, **parse_overrides(args.overrides)), args.gamma
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """Entry point of each launched process."""
+    stage, cfg, gamma = parse_command(argv)
     check_hardware(cfg)
     rank = int(os.environ.get("RANK", "0"))
     logging.basicConfig(level=logging.INFO if rank == 0 else logging.WARNING, format="%(name)s: %(message)s")
@@ -225,12 +230,12 @@ def main(argv: Sequence[str] | None = None) -> None:
 
     if torch.cuda.is_available():  # before loading: a 4-bit model goes to the current device
         torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
-    if args.stage == "sft" and int(os.environ.get("WORLD_SIZE", "1")) > 1 and cfg.model.base == "tiny" and not (
+    if stage == "sft" and int(os.environ.get("WORLD_SIZE", "1")) > 1 and cfg.model.base == "tiny" and not (
         cfg.run_path / "base" / "config.json"
     ).exists():
         raise LaunchError("the tiny base model is missing: build it once first (pipeline.base_model_path, or "
                           "launch_stage does it); launched processes would all build it at once")
-    out = run_stage(cfg, args.stage, args.gamma, launched=True)
+    out = run_stage(cfg, stage, gamma, launched=True)
     if rank == 0:
         print(f"{DONE}{out}", flush=True)
 
