@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -430,16 +431,19 @@ def check_hardware(cfg: Config) -> str:
             )
         return "CPU only"
     count = torch.cuda.device_count()
-    machines = 1
-    if cfg.launch.accelerate_config:
-        config = yaml.safe_load((project_root() / cfg.launch.accelerate_config).read_text()) or {}
-        machines = int(config.get("num_machines", 1))
-    per_machine = -(-cfg.launch.num_processes // machines)
+    if "LOCAL_WORLD_SIZE" in os.environ:  # inside a launched process: accelerate already placed the processes
+        per_machine, where = int(os.environ["LOCAL_WORLD_SIZE"]), "this machine's launch"
+    else:
+        machines = 1
+        if cfg.launch.accelerate_config:
+            config = yaml.safe_load((project_root() / cfg.launch.accelerate_config).read_text()) or {}
+            machines = int(config.get("num_machines", 1))
+        per_machine = -(-cfg.launch.num_processes // machines)
+        where = f"params {cfg.name!r} ({cfg.launch.num_processes} processes on {machines} machine(s))"
     if per_machine > count:
         raise HardwareError(
-            f"params {cfg.name!r} start {cfg.launch.num_processes} processes on {machines} machine(s), "
-            f"{per_machine} per machine, but this machine has {count} GPU(s); lower launch.num_processes or set "
-            "num_machines in the accelerate config (and run `accelerate launch` on every machine)"
+            f"{where} start(s) {per_machine} processes per machine, but this machine has {count} GPU(s); lower "
+            "launch.num_processes or set num_machines in the accelerate config (and launch on every machine)"
         )
     props = torch.cuda.get_device_properties(0)
     return f"{count} x {props.name} ({props.total_memory / GIB:.1f} GiB)"

@@ -153,5 +153,11 @@ def test_check_hardware_fails_fast_without_cuda(monkeypatch):
 def test_check_hardware_counts_gpus(monkeypatch):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
-    with pytest.raises(HardwareError, match=r"8 processes on 1 machine\(s\), 8 per machine, but this machine has 1"):
+    monkeypatch.delenv("LOCAL_WORLD_SIZE", raising=False)
+    with pytest.raises(HardwareError, match=r"8 processes on 1 machine\(s\)\) start\(s\) 8 processes per machine, "
+                                            r"but this machine has 1 GPU"):
         check_hardware(load_config("params/full-8xa100.yaml"))
+    properties = type("Properties", (), {"name": "GPU", "total_memory": GIB})
+    monkeypatch.setattr(torch.cuda, "get_device_properties", lambda index: properties)
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "1")  # a launched process: accelerate's placement counts
+    assert check_hardware(load_config("params/full-8xa100.yaml")) == "1 x GPU (1.0 GiB)"
