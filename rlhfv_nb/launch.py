@@ -59,9 +59,11 @@ def parse_overrides(items: Sequence[str]) -> dict[str, Any]:
 
 def ddpo_inputs(cfg: Config, compute_missing: bool) -> tuple[list[dict[str, Any]], Path]:
     """Tokenised pairs and their reference log-prob cache, computing missing entries only if `compute_missing`."""
+    import torch
+
     from rlhfv_nb import pipeline
     from rlhfv_nb.logps import cache_path, read_cache
-    from rlhfv_nb.modeling import load_processor
+    from rlhfv_nb.modeling import load_model, load_processor
 
     model_path = pipeline.sft_model_path(cfg)
     processor = load_processor(model_path, cfg.model)
@@ -71,19 +73,14 @@ def ddpo_inputs(cfg: Config, compute_missing: bool) -> tuple[list[dict[str, Any]
     if missing and not compute_missing:
         raise LaunchError(f"{missing} of {len(rows)} pairs have no reference log-probs in {cache}; compute them "
                           "once before launching (pipeline.compute_reference, or launch_stage does it)")
-    if missing:
-        pipeline.compute_reference(cfg, rows, processor=processor)
-        _free_accelerator_memory()
+    if missing:  # on the GPU when there is one: an unquantised model would otherwise load on the CPU
+        model = load_model(model_path, cfg.model, device_map="cuda" if torch.cuda.is_available() else None)
+        cache = pipeline.compute_reference(cfg, rows, model=model, processor=processor)
+        del model
+        gc.collect()
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()  # give the memory back before the training processes start
     return rows, cache
-
-
-def _free_accelerator_memory() -> None:
-    """Give back the reference model's GPU memory before the training processes start."""
-    import torch
-
-    gc.collect()
-    if torch.cuda.is_available():
-        torch.cuda.empty_cache()
 
 
 def run_stage(cfg: Config, stage: str, gamma: float | None = None, launched: bool = False) -> Path:
