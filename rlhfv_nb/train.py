@@ -137,6 +137,9 @@ class DDPOTrainer(Trainer):
 
     def __init__(self, *args: Any, ddpo: DDPOConfig, **kwargs: Any):
         super().__init__(*args, **kwargs)
+        # The DDPO loss is a mean over the micro-batch's pairs, not a sum over `num_items_in_batch`: Trainer
+        # must divide it by the accumulation steps (it skips that for models taking loss kwargs, as LLaVA does).
+        self.model_accepts_loss_kwargs = False
         self.ddpo = ddpo
         self._metrics: dict[str, list[float]] = defaultdict(list)
 

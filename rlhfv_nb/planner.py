@@ -1,0 +1,449 @@
+"""Will a training stage fit, and how long will it take? Estimates from the model's config, nothing loaded.
+
+The model's shapes come from its `config.json` (LLaVA-style: a CLIP-like vision tower, a two-layer
+projector, a Llama-like decoder), the training setup from the run's params and its accelerate config.
+
+- States follow the ZeRO paper (Rajbhandari et al., 2020): mixed precision keeps 2 bytes of weights,
+  2 of gradients and 12 of optimizer state (fp32 master copy, Adam m and v) per trained parameter; ZeRO
+  stage 1/2/3 (FSDP SHARD_GRAD_OP = 2, FULL_SHARD = 3) divides optimizer / +gradients / +weights by
+  the GPU count. LoRA adapters (and `modules_to_save` copies) are fp32: 4 + 4 + 8 bytes.
+- QLoRA: decoder linears in NF4 with double quantization (4.127 bits); peft's
+  `prepare_model_for_kbit_training` upcasts every other weight (vision tower, embeddings, lm_head) to fp32,
+  and the residual stream with them, so activations count 4 bytes.
+- Activations follow Korthikanti et al. (2022) for a fused attention kernel (no attention matrix kept),
+  adapted to the gated MLP: 7h + 3*kv + 4i values per token and decoder layer; with gradient
+  checkpointing only each layer's input (h) plus one layer being recomputed. Logits add
+  tokens * vocab * (dtype + 8) bytes (the fp32 log-softmax and its gradient).
+- FLOPs per optimizer step: 2 * params * tokens forward, 2 * params * tokens for input gradients where
+  gradients flow, 2 * trainable * tokens for weight gradients, one more forward when checkpointing
+  (so full fine-tuning is 6NT, 8NT with checkpointing; a frozen vision tower costs 2NT).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import re
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from rlhfv_nb.config import Config, project_root
+from rlhfv_nb.modeling import QUANT_SKIP_MODULES
+
+GIB = 1024**3
+BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
+# NF4 with double quantization: 4-bit weights, an 8-bit absmax per block of 64, an fp32 scale per 256 absmax.
+NF4_BYTES = 0.5 + 1 / 64 + 4 / (64 * 256)
+CUDA_OVERHEAD = 1.0 * GIB  # CUDA context, cuBLAS workspace, allocator slack: a rule of thumb
+PARTS = ("vision", "projector", "language")  # in the order data flows
+
+
+class HardwareError(RuntimeError):
+    """The params need hardware this machine does not have."""
+
+
+@dataclass(frozen=True)
+class Module:
+    """A parameter-holding module as transformers names it in LLaVA; `fan_in` 0 marks non-matmul weights."""
+
+    name: str
+    numel: int
+    part: str
+    fan_in: int = 0
+    fan_out: int = 0
+    linear: bool = False  # an nn.Linear: quantisable and a LoRA target
+
+    @property
+    def matmul_params(self) -> int:
+        return self.fan_in * self.fan_out
+
+
+def _linear(name: str, fan_in: int, fan_out: int, part: str, bias: bool) -> Module:
+    return Module(name, fan_in * fan_out + (fan_out if bias else 0), part, fan_in, fan_out, True)
+
+
+@dataclass(frozen=True)
+class ModelShape:
+    """The sizes that memory and FLOPs depend on."""
+
+    hidden: int
+    layers: int
+    intermediate: int
+    vocab: int
+    heads: int
+    kv_heads: int
+    head_dim: int
+    vision_hidden: int
+    vision_layers: int
+    vision_intermediate: int
+    image_size: int
+    patch_size: int
+    channels: int = 3
+    tie_embeddings: bool = False
+    attention_bias: bool = False
+    mlp_bias: bool = False
+    projector_bias: bool = True
+
+    @property
+    def image_tokens(self) -> int:
+        """Tokens one image adds to the language model's sequence (CLIP's CLS token dropped)."""
+        return (self.image_size // self.patch_size) ** 2
+
+    @classmethod
+    def from_config(cls, config: Any) -> ModelShape:
+        """From a transformers config object, its dict (defaults filled in), a `config.json` or folder, or a hub id."""
+        from transformers import AutoConfig
+
+        if isinstance(config, (str, Path)):
+            path = Path(config)
+            if path.is_dir():
+                path = path / "config.json"
+            config = json.loads(path.read_text()) if path.is_file() else AutoConfig.from_pretrained(str(config))
+        if isinstance(config, dict):
+            values = dict(config)
+            config = AutoConfig.for_model(values.pop("model_type"), **values)
+        text, vision = config.text_config, config.vision_config
+        return cls(
+            hidden=text.hidden_size,
+            layers=text.num_hidden_layers,
+            intermediate=text.intermediate_size,
+            vocab=text.vocab_size,
+            heads=text.num_attention_heads,
+            kv_heads=getattr(text, "num_key_value_heads", None) or text.num_attention_heads,
+            head_dim=getattr(text, "head_dim", None) or text.hidden_size // text.num_attention_heads,
+            vision_hidden=vision.hidden_size,
+            vision_layers=vision.num_hidden_layers,
+            vision_intermediate=vision.intermediate_size,
+            image_size=vision.image_size,
+            patch_size=vision.patch_size,
+            channels=getattr(vision, "num_channels", 3),
+            tie_embeddings=bool(getattr(text, "tie_word_embeddings", False)),
+            attention_bias=bool(getattr(text, "attention_bias", False)),
+            mlp_bias=bool(getattr(text, "mlp_bias", False)),
+            projector_bias=bool(getattr(config, "multimodal_projector_bias", True)),
+        )
+
+    def modules(self) -> Iterator[Module]:
+        """Every weight of the model, linears under the names peft's `target_modules` regex sees."""
+        vh, vi, patches = self.vision_hidden, self.vision_intermediate, self.image_tokens
+        conv_in = self.channels * self.patch_size**2
+        yield Module("model.vision_tower.embeddings.patch_embedding", conv_in * vh, "vision", conv_in, vh)
+        yield Module("model.vision_tower.embeddings", vh + (patches + 1) * vh + 2 * vh, "vision")  # +pre_layrnorm
+        for i in range(self.vision_layers):
+            prefix = f"model.vision_tower.encoder.layers.{i}"
+            for proj in ("q_proj", "k_proj", "v_proj", "out_proj"):
+                yield _linear(f"{prefix}.self_attn.{proj}", vh, vh, "vision", True)
+            yield _linear(f"{prefix}.mlp.fc1", vh, vi, "vision", True)
+            yield _linear(f"{prefix}.mlp.fc2", vi, vh, "vision", True)
+            yield Module(f"{prefix}.layer_norms", 4 * vh, "vision")
+        yield Module("model.vision_tower.post_layernorm", 2 * vh, "vision")
+        yield _linear("model.multi_modal_projector.linear_1", vh, self.hidden, "projector", self.projector_bias)
+        yield _linear("model.multi_modal_projector.linear_2", self.hidden, self.hidden, "projector",
+                      self.projector_bias)
+        h, kv, q = self.hidden, self.kv_heads * self.head_dim, self.heads * self.head_dim
+        yield Module("model.language_model.embed_tokens", self.vocab * h, "language")
+        for i in range(self.layers):
+            prefix = f"model.language_model.layers.{i}"
+            for proj, fan_in, fan_out in (("q_proj", h, q), ("k_proj", h, kv), ("v_proj", h, kv), ("o_proj", q, h)):
+                yield _linear(f"{prefix}.self_attn.{proj}", fan_in, fan_out, "language", self.attention_bias)
+            for proj, fan_in, fan_out in (("gate_proj", h, self.intermediate), ("up_proj", h, self.intermediate),
+                                          ("down_proj", self.intermediate, h)):
+                yield _linear(f"{prefix}.mlp.{proj}", fan_in, fan_out, "language", self.mlp_bias)
+            yield Module(f"{prefix}.norms", 2 * h, "language")
+        yield Module("model.language_model.norm", h, "language")
+        head = _linear("lm_head", h, self.vocab, "language", False)
+        yield Module(head.name, 0, "language", h, self.vocab, True) if self.tie_embeddings else head
+
+    def layer_params(self) -> int:
+        """Parameters of one decoder layer (the unit ZeRO-3/FSDP gathers at a time)."""
+        return sum(m.numel for m in self.modules() if m.name.startswith("model.language_model.layers.0."))
+
+
+@dataclass(frozen=True)
+class Setup:
+    """One training stage as the planner sees it."""
+
+    gpus: int = 1
+    batch_per_gpu: int = 1  # items (pairs for DDPO) per micro-batch
+    grad_accum: int = 1
+    seq_len: int = 2048  # prompt (image tokens included) + answer; data.max_length is the worst case
+    sequences_per_item: int = 2  # DDPO: chosen and rejected in one forward; SFT: 1
+    dtype: str = "bfloat16"  # the dtype the weights are loaded in
+    mixed_precision: bool = True  # bf16/fp16 compute with fp32 master weights in the optimizer
+    load_in_4bit: bool = False
+    lora_r: int = 0  # 0: full fine-tuning
+    lora_targets: str = ""
+    lora_dropout: float = 0.0
+    modules_to_save: tuple[str, ...] = ()
+    sharding: str = "none"  # none | zero1 | zero2 | zero3
+    gradient_checkpointing: bool = False
+    lr: float = 0.0
+    steps: int | None = None
+
+    @property
+    def global_batch(self) -> int:
+        return self.gpus * self.batch_per_gpu * self.grad_accum
+
+    @classmethod
+    def from_config(cls, cfg: Config, stage: str = "ddpo", num_items: int | None = None) -> Setup:
+        """The setup of `stage` ("ddpo" or "sft") under the run's params and accelerate config.
+
+        The step count is `max_steps`, or computed from `epochs` when `num_items` (pairs, for DDPO) is given.
+        """
+        train = cfg.ddpo if stage == "ddpo" else cfg.sft
+        sharding, accelerate_precision = read_accelerate_config(cfg.launch.accelerate_config)
+        lora = cfg.model.lora
+        steps = train.max_steps if train.max_steps > 0 else None
+        if steps is None and num_items:
+            batches = math.ceil(num_items / (train.batch_size * cfg.launch.num_processes))
+            steps = math.ceil(train.epochs * math.ceil(batches / train.grad_accum))
+        return cls(
+            gpus=cfg.launch.num_processes,
+            batch_per_gpu=train.batch_size,
+            grad_accum=train.grad_accum,
+            seq_len=cfg.data.max_length,
+            sequences_per_item=2 if stage == "ddpo" else 1,
+            dtype=cfg.model.dtype,
+            mixed_precision=train.bf16 or accelerate_precision in ("bf16", "fp16"),
+            load_in_4bit=cfg.model.load_in_4bit,
+            lora_r=lora.r if lora.enabled else 0,
+            lora_targets=lora.target_modules,
+            lora_dropout=lora.dropout,
+            modules_to_save=tuple(lora.modules_to_save) if lora.enabled else (),
+            sharding=sharding,
+            gradient_checkpointing=cfg.model.gradient_checkpointing,
+            lr=train.lr,
+            steps=steps,
+        )
+
+
+def read_accelerate_config(path: str | None) -> tuple[str, str | None]:
+    """(sharding, mixed precision) of an accelerate config file; ("none", None) without one."""
+    if not path:
+        return "none", None
+    values = yaml.safe_load((project_root() / Path(path).expanduser()).read_text()) or {}
+    kind = values.get("distributed_type", "NO")
+    if kind == "DEEPSPEED":
+        stage = int(values.get("deepspeed_config", {}).get("zero_stage", 0))
+        sharding = f"zero{stage}" if stage else "none"
+    elif kind == "FSDP":
+        fsdp = values.get("fsdp_config", {})
+        strategy = str(fsdp.get("fsdp_sharding_strategy", "FULL_SHARD"))
+        if "fsdp_reshard_after_forward" in fsdp:  # FSDP2 names the strategy by this flag
+            strategy = "FULL_SHARD" if fsdp["fsdp_reshard_after_forward"] else "SHARD_GRAD_OP"
+        sharding = {"FULL_SHARD": "zero3", "1": "zero3", "HYBRID_SHARD": "zero3", "SHARD_GRAD_OP": "zero2",
+                    "2": "zero2"}.get(strategy, "none")
+    else:
+        sharding = "none"
+    return sharding, values.get("mixed_precision")
+
+
+@dataclass
+class Plan:
+    """Per-GPU memory (bytes), compute per optimizer step and warnings for one setup."""
+
+    setup: Setup
+    gpu_memory_gb: float
+    params: dict[str, int]
+    memory: dict[str, float]
+    flops_per_step: float
+    tokens_per_step: int
+    step_seconds: float
+    warnings: list[str] = field(default_factory=list)
+
+    @property
+    def total_bytes(self) -> float:
+        return sum(self.memory.values())
+
+    @property
+    def fits(self) -> bool:
+        return self.total_bytes <= self.gpu_memory_gb * GIB
+
+    @property
+    def total_hours(self) -> float | None:
+        return None if self.setup.steps is None else self.setup.steps * self.step_seconds / 3600
+
+    def to_rows(self) -> list[dict[str, str]]:
+        """A table (item, value, note) for display."""
+        s = self.setup
+        rows = [
+            ("parameters", f"{self.params['total'] / 1e9:.3f} B", f"{self.params['quantized'] / 1e9:.3f} B in 4-bit"),
+            ("trainable parameters", f"{self.params['trainable'] / 1e6:.1f} M",
+             f"LoRA r={s.lora_r}: {self.params['lora'] / 1e6:.1f} M" if s.lora_r else "full fine-tuning"),
+            *((f"memory: {name}", f"{value / GIB:.2f} GiB", "per GPU") for name, value in self.memory.items() if value),
+            ("memory: total", f"{self.total_bytes / GIB:.2f} GiB", f"{self.gpu_memory_gb:g} GiB available"),
+            ("tokens per step", f"{self.tokens_per_step:,}",
+             f"{s.global_batch} items x {s.sequences_per_item} sequences x {s.seq_len} tokens"),
+            ("FLOPs per step", f"{self.flops_per_step:.3g}", f"{s.gpus} GPU(s), sharding {s.sharding}"),
+            ("seconds per step", f"{self.step_seconds:.2f}", "at the assumed peak TFLOP/s and utilisation"),
+        ]
+        if self.total_hours is not None:
+            rows.append(("hours in total", f"{self.total_hours:.2f}", f"{s.steps} steps"))
+        return [{"item": item, "value": value, "note": note} for item, value, note in rows]
+
+
+def _in_module(name: str, target: str) -> bool:
+    """Whether `name` is, or lies inside, a module whose name ends with `target` (peft's modules_to_save match)."""
+    return re.search(rf"(^|\.){re.escape(target)}(\.|$)", name) is not None
+
+
+def estimate(shape: ModelShape, setup: Setup, gpu_memory_gb: float, peak_tflops: float = 312.0,
+             utilisation: float = 0.4) -> Plan:
+    """Memory per GPU and compute per step of `setup` on a model of `shape`.
+
+    `peak_tflops` defaults to an A100's dense bf16 peak; `utilisation` is the assumed model FLOPs utilisation.
+    """
+    modules = list(shape.modules())
+    warnings = []
+    lora_hits = [m for m in modules if setup.lora_r and m.linear and re.fullmatch(setup.lora_targets, m.name)]
+    lora_params = {part: sum(setup.lora_r * (m.fan_in + m.fan_out) for m in lora_hits if m.part == part)
+                   for part in PARTS}
+    saved = [m for m in modules if any(_in_module(m.name, target) for target in setup.modules_to_save)]
+    quantized = [m for m in modules if setup.load_in_4bit and m.linear and m.numel
+                 and not any(m.name == skip or m.name.startswith(skip + ".") for skip in QUANT_SKIP_MODULES)]
+    total = sum(m.numel for m in modules)
+    if setup.lora_r:
+        trainable = {part: lora_params[part] + sum(m.numel for m in saved if m.part == part) for part in PARTS}
+    else:
+        trainable = {part: sum(m.numel for m in modules if m.part == part) for part in PARTS}
+    n_trainable = sum(trainable.values())
+
+    weight_bytes = BYTES[setup.dtype]
+    if setup.lora_r:
+        q_numel = sum(m.numel for m in quantized)
+        frozen_bytes = 4 if setup.load_in_4bit else weight_bytes  # peft upcasts unquantised weights for k-bit
+        weights = q_numel * NF4_BYTES + (total - q_numel) * frozen_bytes + 4 * n_trainable
+        grads, optimizer = 4 * n_trainable, 8 * n_trainable
+    elif setup.mixed_precision:
+        weights, grads, optimizer = 2 * total, 2 * total, 12 * total
+    else:
+        weights, grads, optimizer = weight_bytes * total, weight_bytes * total, 2 * weight_bytes * total
+    stage = int(setup.sharding[-1]) if setup.sharding.startswith("zero") else 0
+    weights /= setup.gpus if stage >= 3 else 1
+    grads /= setup.gpus if stage >= 2 else 1
+    optimizer /= setup.gpus if stage >= 1 else 1
+
+    activation_bytes = 4 if setup.load_in_4bit or (setup.dtype == "float32" and not setup.mixed_precision) else 2
+    sequences = setup.batch_per_gpu * setup.sequences_per_item
+    flows = {part: any(trainable[p] for p in PARTS[: PARTS.index(part) + 1]) for part in PARTS}
+
+    def lora_extra(part: str) -> int:  # per token and layer: the r-dim intermediate (+ dropout copy of the input)
+        layer0 = [m for m in lora_hits if m.part == part and ".layers.0." in m.name]
+        return sum(setup.lora_r + (m.fan_in if setup.lora_dropout > 0 else 0) for m in layer0)
+
+    kv = shape.kv_heads * shape.head_dim
+    per_layer = {
+        "language": 7 * shape.hidden + 3 * kv + 4 * shape.intermediate + lora_extra("language"),
+        "vision": 7 * shape.vision_hidden + 2 * shape.vision_intermediate + lora_extra("vision"),
+    }
+    layer_input = {"language": shape.hidden, "vision": shape.vision_hidden}
+    tokens = {"language": sequences * setup.seq_len, "vision": sequences * (shape.image_tokens + 1)}
+    layers = {"language": shape.layers, "vision": shape.vision_layers}
+    values = 0
+    for part in ("language", "vision"):
+        if not flows[part]:
+            continue  # nothing upstream needs a gradient: autograd keeps no activations
+        if setup.gradient_checkpointing:
+            values += tokens[part] * (layers[part] * layer_input[part] + per_layer[part])
+        else:
+            values += tokens[part] * layers[part] * per_layer[part]
+    memory = {
+        "weights": weights,
+        "gradients": grads,
+        "optimizer states": optimizer,
+        "activations": values * activation_bytes,
+        "logits": tokens["language"] * shape.vocab * (activation_bytes + 8),
+        "sharding buffers": 2 * shape.layer_params() * 2 if stage >= 3 else 0,
+        "CUDA context and workspace": CUDA_OVERHEAD,
+    }
+
+    images = setup.global_batch * setup.sequences_per_item
+    step_tokens = {"vision": images * (shape.image_tokens + 1), "projector": images * shape.image_tokens,
+                   "language": setup.global_batch * setup.sequences_per_item * setup.seq_len}
+    flops = 0.0
+    for part in PARTS:
+        matmul = sum(m.matmul_params for m in modules if m.part == part) + lora_params[part]
+        trained = matmul if not setup.lora_r else lora_params[part] + sum(
+            m.matmul_params for m in saved if m.part == part)
+        passes = 2 * matmul  # forward
+        if flows[part]:
+            passes += 2 * matmul + 2 * trained + (2 * matmul if setup.gradient_checkpointing else 0)
+        flops += passes * step_tokens[part]
+    step_seconds = flops / (setup.gpus * peak_tflops * 1e12 * utilisation)
+
+    needed = sum(memory.values())
+    if needed > gpu_memory_gb * GIB:
+        warnings.append(f"does not fit: {needed / GIB:.1f} GiB needed per GPU, {gpu_memory_gb:g} GiB available")
+    elif needed > 0.9 * gpu_memory_gb * GIB:
+        warnings.append(f"tight: {needed / GIB:.1f} of {gpu_memory_gb:g} GiB per GPU; fragmentation may push it over")
+    if setup.lora_r and not lora_hits:
+        warnings.append(f"LoRA target_modules {setup.lora_targets!r} match no linear layer")
+    vision_hits = [m.name for m in lora_hits if m.part == "vision"]
+    if vision_hits:
+        warnings.append(f"LoRA target_modules hit {len(vision_hits)} vision-tower layers (e.g. {vision_hits[0]}); "
+                        "anchor the regex on 'language_model'")
+    if not setup.lora_r and not setup.mixed_precision and setup.dtype != "float32":
+        warnings.append(f"weights and Adam states in {setup.dtype} without an fp32 master copy: updates below "
+                        f"~1/256 of a weight are lost (lr {setup.lr:g}); load float32 weights and set bf16: true")
+    return Plan(
+        setup=setup,
+        gpu_memory_gb=gpu_memory_gb,
+        params={"total": total, "trainable": n_trainable, "lora": sum(lora_params.values()),
+                "quantized": sum(m.numel for m in quantized)},
+        memory=memory,
+        flops_per_step=flops,
+        tokens_per_step=step_tokens["language"],
+        step_seconds=step_seconds,
+        warnings=warnings,
+    )
+
+
+def plan(cfg: Config, gpu_memory_gb: float, model_config: Any = None, stage: str = "ddpo",
+         num_items: int | None = None, peak_tflops: float = 312.0, utilisation: float = 0.4) -> Plan:
+    """The estimate for a run's `stage`; the model's config is read from `cfg.model.base` unless given.
+
+    `model_config`: a transformers config, its dict, or a path to `config.json`. GPU memory is in GiB,
+    as cards are quoted (a "24 GB" card has 24 GiB). `num_items`: training pairs, for the total time.
+    """
+    shape = ModelShape.from_config(model_config if model_config is not None else cfg.model.base)
+    return estimate(shape, Setup.from_config(cfg, stage, num_items), gpu_memory_gb, peak_tflops, utilisation)
+
+
+def check_hardware(cfg: Config) -> str:
+    """Fail fast when the params need CUDA GPUs this machine lacks; returns a one-line description of the GPUs.
+
+    Call it before loading anything: a 7B run on a CPU machine would otherwise spend minutes downloading
+    and loading before failing.
+    """
+    import torch
+
+    if not torch.cuda.is_available():
+        if cfg.launch.require_cuda:
+            raise HardwareError(
+                f"params {cfg.name!r} need a CUDA GPU (launch.require_cuda: true), but torch "
+                f"{torch.__version__} sees none (torch.cuda.is_available() is False). Run on a GPU machine with "
+                "the CUDA build (environment.yml or the Dockerfile), or use params/cpu-tiny.yaml here."
+            )
+        return "CPU only"
+    count = torch.cuda.device_count()
+    if "LOCAL_WORLD_SIZE" in os.environ:  # inside a launched process: accelerate already placed the processes
+        per_machine, where = int(os.environ["LOCAL_WORLD_SIZE"]), "this machine's launch"
+    else:
+        machines = 1
+        if cfg.launch.accelerate_config:
+            config = yaml.safe_load((project_root() / cfg.launch.accelerate_config).read_text()) or {}
+            machines = int(config.get("num_machines", 1))
+        per_machine = -(-cfg.launch.num_processes // machines)
+        where = f"params {cfg.name!r} ({cfg.launch.num_processes} processes on {machines} machine(s))"
+    if per_machine > count:
+        raise HardwareError(
+            f"{where} start(s) {per_machine} processes per machine, but this machine has {count} GPU(s); lower "
+            "launch.num_processes or set num_machines in the accelerate config (and launch on every machine)"
+        )
+    props = torch.cuda.get_device_properties(0)
+    return f"{count} x {props.name} ({props.total_memory / GIB:.1f} GiB)"
