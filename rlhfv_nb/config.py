@@ -32,6 +32,7 @@ class TinyModelConfig:
     vision_hidden_size: int = 64
     vision_layers: int = 2
     vision_heads: int = 4
+    vision_feature_layer: int = -1
     hidden_size: int = 128
     layers: int = 2
     heads: int = 4

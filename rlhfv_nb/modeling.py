@@ -123,7 +123,7 @@ def build_tiny_model(texts: Iterable[str], shape: TinyModelConfig, out_dir: Path
         vision_config=vision,
         text_config=text,
         image_token_id=tokenizer.convert_tokens_to_ids(IMAGE_TOKEN),
-        vision_feature_layer=-1,  # every vision layer gets gradient
+        vision_feature_layer=shape.vision_feature_layer,
         vision_feature_select_strategy="default",
         projector_hidden_act="gelu",
     )

@@ -61,6 +61,20 @@ def parse_overrides(pairs: Sequence[str]) -> dict[str, Any]:
     return out
 
 
+KERNEL = "rlhfv-nb"  # registered in the virtualenv by `make`; the notebooks' own python3 kernel otherwise
+
+
+def default_kernel() -> str | None:
+    """The project's kernel when installed (so notebooks run in this virtualenv), else None."""
+    from jupyter_client.kernelspec import KernelSpecManager, NoSuchKernel
+
+    try:
+        KernelSpecManager().get_kernel_spec(KERNEL)
+    except NoSuchKernel:
+        return None
+    return KERNEL
+
+
 def stage_done(cfg: Config, stage: Stage) -> bool:
     return (cfg.run_path / "stages" / f"{stage.name}.json").exists()
 
@@ -98,7 +112,7 @@ def run(
         try:
             papermill.execute_notebook(
                 str(stage.path), str(output), parameters=values, cwd=str(project_root()),
-                kernel_name=kernel, progress_bar=progress, log_output=True,
+                kernel_name=kernel or default_kernel(), progress_bar=progress, log_output=True,
             )
         except PapermillExecutionError as err:
             raise StageFailed(stage, output, err) from None
