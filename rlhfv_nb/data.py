@@ -84,7 +84,7 @@ def image_bytes(value: Any) -> bytes:
             return Path(value["path"]).read_bytes()
     if isinstance(value, (bytes, bytearray)):
         return bytes(value)
-    raise DataError(f"no image data ({type(value).__name__})")
+    raise DataError(f"field 'image' is missing (no image data in a {type(value).__name__})")
 
 
 def encode_image(image: Image.Image) -> bytes:
@@ -100,7 +100,7 @@ def decode_image(value: Any) -> Image.Image:
         image = Image.open(io.BytesIO(data))
         image.load()
     except Exception as err:  # PIL raises many types for broken data
-        raise DataError(f"undecodable image: {err}") from err
+        raise DataError(f"field 'image' is an undecodable image: {err}") from err
     return image.convert("RGB")
 
 
@@ -159,9 +159,8 @@ def normalise_preferences(ds: datasets.Dataset, source: str, on_bad_row: str = "
 
 
 def _reason(err: Exception) -> str:
-    """A short reason key: the message without row-specific detail."""
-    message = str(err)
-    return message.split(":")[0] if message.startswith("undecodable image") else message
+    """A short reason key: the message without row-specific detail (a parser's or PIL's text after ': ')."""
+    return str(err).split(": ")[0]
 
 
 def normalise_sft(ds: datasets.Dataset, source: str, on_bad_row: str = "skip") -> tuple[list[dict], BadRows]:

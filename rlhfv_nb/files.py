@@ -22,3 +22,17 @@ def read_json(path: str | Path, default: Any = None) -> Any:
     """The JSON in `path`, or `default` when the file does not exist."""
     path = Path(path)
     return json.loads(path.read_text()) if path.exists() else default
+
+
+def trim_torn_line(path: str | Path) -> None:
+    """Cut an unterminated last line (a kill mid-write) off an append-only JSONL file.
+
+    Readers skip such a line anyway; trimming it keeps the next append from being glued onto it (and lost).
+    """
+    path = Path(path)
+    if not path.exists():
+        return
+    data = path.read_bytes()
+    if data and not data.endswith(b"\n"):
+        with path.open("rb+") as handle:
+            handle.truncate(data.rfind(b"\n") + 1)

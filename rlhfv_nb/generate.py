@@ -20,6 +20,7 @@ from transformers import PreTrainedModel, ProcessorMixin
 
 from rlhfv_nb.data import decode_image
 from rlhfv_nb.features import prompt_text
+from rlhfv_nb.files import trim_torn_line
 
 
 @dataclass(frozen=True)
@@ -112,6 +113,7 @@ def generate_answers(
         out_path.parent.mkdir(parents=True, exist_ok=True)
         _check_settings(out_path, settings)
         done = read_answers(out_path)
+        trim_torn_line(out_path)
     todo = [item for item in items if item["id"] not in done]
     was_training = model.training
     model.eval()

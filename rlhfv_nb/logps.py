@@ -19,6 +19,7 @@ from transformers import PreTrainedModel, ProcessorMixin
 
 from rlhfv_nb.ddpo import token_logps
 from rlhfv_nb.features import PairCollator
+from rlhfv_nb.files import trim_torn_line
 
 CACHE_FORMAT = 1
 
@@ -88,11 +89,13 @@ def reference_logps(
 ) -> dict[str, dict[str, list[float]]]:
     """Per-token log-probs of chosen and rejected answers for every row, computing only what is missing.
 
-    Rows need `uid`, `image`, `question`, `chosen_ids`, `rejected_ids`. Returns `{uid: {"chosen": [...], "rejected": [...]}}`.
+    Rows need `uid`, `image`, `question`, `chosen_ids`, `rejected_ids`.
+    Returns `{uid: {"chosen": [...], "rejected": [...]}}`.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     done = read_cache(path)
+    trim_torn_line(path)
     todo = [row for row in rows if row["uid"] not in done]
     collate = PairCollator(processor)
     was_training = model.training

@@ -1,0 +1,151 @@
+"""Run parameters: clear errors for bad values, partial overrides, and the shipped params files."""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+from pathlib import Path
+
+import pytest
+
+from rlhfv_nb.config import Config, ConfigError, load_config, notebook_config
+
+ROOT = Path(__file__).resolve().parents[1]
+PARAMS = sorted((ROOT / "params").glob("*.yaml"))
+
+
+@pytest.fixture(autouse=True)
+def _at_project_root(monkeypatch):
+    # relative local paths in params (e.g. launch.accelerate_config) resolve from the project root
+    monkeypatch.chdir(ROOT)
+
+
+def _diff(a: dict, b: dict, prefix: str = "") -> set[str]:
+    """Dotted keys whose values differ between two nested dicts."""
+    keys = set()
+    for key in a.keys() | b.keys():
+        dotted = f"{prefix}{key}"
+        if isinstance(a.get(key), dict) and isinstance(b.get(key), dict):
+            keys |= _diff(a[key], b[key], dotted + ".")
+        elif a.get(key) != b.get(key):
+            keys.add(dotted)
+    return keys
+
+
+def test_unknown_key_suggests_the_close_one():
+    with pytest.raises(ConfigError, match=r"ddpo\.betta: unknown key \(did you mean 'beta'\?\)"):
+        load_config({"ddpo": {"betta": 0.1}})
+    with pytest.raises(ConfigError, match=r"model\.lora\.rank: unknown key"):
+        load_config({"model": {"lora": {"rank": 4}}})
+    with pytest.raises(ConfigError, match=r"dpo: unknown key \(did you mean 'ddpo'\?\)"):
+        load_config({"dpo": {}})
+
+
+def test_unknown_key_without_a_close_match_lists_the_known_ones():
+    with pytest.raises(ConfigError, match=r"data\.zzz: unknown key \(known: .*max_length"):
+        load_config({"data": {"zzz": 1}})
+
+
+@pytest.mark.parametrize(
+    ("values", "message"),
+    [
+        ({"ddpo": {"batch_size": "8"}}, r"ddpo\.batch_size: expected int, got str '8'"),
+        ({"ddpo": {"batch_size": 8.0}}, r"ddpo\.batch_size: expected int, got float"),
+        ({"ddpo": {"beta": True}}, r"ddpo\.beta: expected float, got bool"),
+        ({"ddpo": {"ablation_gammas": 1.0}}, r"ddpo\.ablation_gammas: expected a list"),
+        ({"ddpo": {"ablation_gammas": [1.0, "x"]}}, r"ddpo\.ablation_gammas\[1\]: expected float"),
+        ({"ddpo": 0.1}, r"ddpo: expected a mapping, got float"),
+        ({"data": {"max_pairs": "10"}}, r"data\.max_pairs: expected int, got str"),
+        ({"seed": "0"}, r"seed: expected int"),
+    ],
+)
+def test_wrong_type_names_the_dotted_key(values, message):
+    with pytest.raises(ConfigError, match=message):
+        load_config(values)
+
+
+def test_lossless_conversions_are_accepted():
+    cfg = load_config({"ddpo": {"beta": 1, "ablation_gammas": (1, 2.5)}, "data": {"max_pairs": None}})
+    assert cfg.ddpo.beta == 1.0 and isinstance(cfg.ddpo.beta, float)
+    assert cfg.ddpo.ablation_gammas == [1.0, 2.5]
+
+
+def test_missing_local_file_is_reported(tmp_path):
+    missing = tmp_path / "nope.parquet"
+    expected = rf"data\.preferences: file or folder '{re.escape(str(missing))}' does not exist"
+    with pytest.raises(ConfigError, match=expected):
+        load_config({"data": {"preferences": str(missing)}})
+    with pytest.raises(ConfigError, match=r"launch\.accelerate_config: .*does not exist"):
+        load_config({"launch": {"accelerate_config": "configs/accelerate/missing.yaml"}})
+    with pytest.raises(ConfigError, match=r"params file .*missing\.yaml' does not exist"):
+        load_config(tmp_path / "missing.yaml")
+    # an existing local file and a hub id both pass
+    missing.write_bytes(b"")
+    assert load_config({"data": {"preferences": str(missing), "sft_source": "openbmb/RLHF-V-Dataset"}})
+
+
+@pytest.mark.parametrize(
+    ("values", "message"),
+    [
+        ({"data": {"on_bad_row": "ignore"}}, r"data\.on_bad_row: 'ignore' is not one of \['error', 'skip'\]"),
+        ({"model": {"dtype": "float64"}}, r"model\.dtype: 'float64' is not one of"),
+        ({"model": {"attn_implementation": "flash"}}, r"model\.attn_implementation: 'flash' is not one of"),
+        ({"ddpo": {"beta": 0.0}}, r"ddpo\.beta: must be > 0"),
+        ({"data": {"max_length": -1}}, r"data\.max_length: must be > 0"),
+        ({"model": {"load_in_4bit": True}}, r"model\.load_in_4bit: .*set model\.lora\.enabled"),
+        ({"data": {"world": {"no_such_field": 1}}}, r"data\.world: "),
+    ],
+)
+def test_invalid_choice_or_value(values, message):
+    with pytest.raises(ConfigError, match=message):
+        load_config(values)
+
+
+def test_error_from_a_file_names_the_file(tmp_path):
+    path = tmp_path / "p.yaml"
+    path.write_text("ddpo:\n  gama: 2\n")
+    expected = rf"{re.escape(str(path))}: ddpo\.gama: unknown key \(did you mean 'gamma'\?\)"
+    with pytest.raises(ConfigError, match=expected):
+        load_config(path)
+    path.write_text("- a\n- b\n")
+    with pytest.raises(ConfigError, match="expected a mapping of sections"):
+        load_config(path)
+
+
+def test_partial_override_changes_only_its_keys():
+    defaults = Config().to_dict()
+    cfg = load_config({"ddpo": {"beta": 0.1}, "model": {"tiny": {"layers": 3}}})
+    assert _diff(defaults, cfg.to_dict()) == {"ddpo.beta", "model.tiny.layers"}
+    assert cfg.ddpo.beta == 0.1 and cfg.model.tiny.layers == 3
+
+
+def test_keyword_override_merges_over_a_params_file():
+    base = load_config(ROOT / "params" / "full-8xa100.yaml")
+    cfg = load_config(ROOT / "params" / "full-8xa100.yaml", ddpo={"gamma": 5.0}, model={"lora": {"r": 8}})
+    assert _diff(base.to_dict(), cfg.to_dict()) == {"ddpo.gamma", "model.lora.r"}
+
+
+def test_cpu_tiny_params_equal_the_defaults():
+    assert load_config(ROOT / "params" / "cpu-tiny.yaml").to_dict() == Config().to_dict()
+
+
+def test_defaults_are_independent_instances():
+    # mutable defaults (lists, nested sections) must not be shared between configs
+    a, b = load_config({}), load_config({})
+    a.ddpo.ablation_gammas.append(9.0)
+    a.model.tiny.layers = 7
+    assert b.ddpo.ablation_gammas == [1.0] and b.model.tiny.layers == Config().model.tiny.layers
+
+
+@pytest.mark.parametrize("path", PARAMS, ids=[p.name for p in PARAMS])
+def test_every_params_file_validates(path):
+    cfg = load_config(path)
+    assert cfg.name == path.stem
+    assert dataclasses.is_dataclass(cfg.ddpo) and cfg.ddpo.gamma > 0
+
+
+def test_notebook_config_reads_section_variables_only():
+    namespace = {"ddpo": {"gamma": 1.1}, "seed": 3, "unrelated": object(), "In": []}
+    cfg = notebook_config(namespace)
+    assert cfg.ddpo.gamma == 1.1 and cfg.seed == 3
+    assert _diff(Config().to_dict(), cfg.to_dict()) == {"ddpo.gamma", "seed"}
