@@ -1,0 +1,83 @@
+"""The notebooks, executed by papermill on a shrunken cpu-tiny run: artifacts, metrics, skips, failures."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import nbformat
+import pytest
+import yaml
+
+from rlhfv_nb import runner
+from rlhfv_nb.config import project_root
+
+ROOT = project_root(Path(__file__).parent)
+PARAMS = ROOT / "params" / "cpu-tiny.yaml"
+# Small enough for the test suite, large enough that every stage has real work (pairs, answers, metrics).
+SMALL = {
+    "data": {"sft_images": 120, "feedback_images": 40, "eval_images": 12},
+    "sft": {"max_steps": 30, "batch_size": 16, "logging_steps": 5},
+    "feedback": {"samples_per_image": 1, "max_new_tokens": 32},
+    "ddpo": {"max_steps": 6, "batch_size": 8, "logging_steps": 2},
+    "evaluation": {"max_new_tokens": 32},
+}
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def run_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    run_dir = tmp_path_factory.mktemp("run")
+    return runner.run(PARAMS, overrides={**SMALL, "run_dir": str(run_dir)}, progress=False)
+
+
+def test_every_stage_leaves_its_artifacts(run_folder: Path) -> None:
+    for stage in runner.stages():
+        executed = nbformat.read(run_folder / "notebooks" / f"{stage.name}.ipynb", as_version=4)
+        injected = [c for c in executed.cells if "injected-parameters" in c.metadata.get("tags", [])]
+        assert injected, f"{stage.name}: papermill did not record the parameters"
+        assert (run_folder / "stages" / f"{stage.name}.json").exists()
+    assert (run_folder / "sft" / "final" / "config.json").exists()
+    assert (run_folder / "ddpo" / "gamma5" / "final" / "config.json").exists()
+    assert (run_folder / "ddpo" / "gamma1" / "final" / "config.json").exists()
+    metrics = json.loads((run_folder / "metrics.json").read_text())
+    assert metrics["sft"]["feedback"]["corrected"] > 0
+    assert 0.0 <= metrics["ddpo"]["gamma=5"]["rewards/accuracies"] <= 1.0
+    evaluation = metrics["evaluation"]
+    assert {"SFT", "DDPO gamma=5", "DPO (gamma=1)"} <= set(evaluation)
+    assert evaluation["SFT"]["chair"]["n_scored"] == SMALL["data"]["eval_images"]
+
+
+def test_finished_stages_are_skipped_unless_forced(run_folder: Path, capsys: pytest.CaptureFixture) -> None:
+    runner.run(PARAMS, only=["01"], overrides={**SMALL, "run_dir": str(run_folder)}, progress=False)
+    assert "[skip] 01_data" in capsys.readouterr().out
+
+
+def test_a_failing_stage_names_the_cell_and_keeps_earlier_work(tmp_path: Path) -> None:
+    overrides = {**SMALL, "run_dir": str(tmp_path)}
+    runner.run(PARAMS, only=["01"], overrides=overrides, progress=False)
+    with pytest.raises(runner.StageFailed) as failure:  # 03 before 02: there is no SFT model to load
+        runner.run(PARAMS, only=["03"], overrides=overrides, progress=False)
+    message = str(failure.value)
+    assert "stage 03_ddpo failed in cell" in message
+    assert "executed notebook" in message
+    assert (tmp_path / "data" / "sft.parquet").exists()
+    assert (tmp_path / "notebooks" / "03_ddpo.ipynb").exists()
+
+
+def test_a_notebook_runs_on_its_own_with_papermill_and_a_params_file(tmp_path: Path) -> None:
+    values = yaml.safe_load(PARAMS.read_text())
+    values.update(SMALL, run_dir=str(tmp_path / "run"))
+    params = tmp_path / "params.yaml"
+    params.write_text(yaml.safe_dump(values))
+    out = tmp_path / "01.ipynb"
+    command = [sys.executable, "-m", "papermill", str(ROOT / "notebooks" / "01_data.ipynb"), str(out),
+               "-f", str(params), "--cwd", str(ROOT)]
+    kernel = runner.default_kernel()
+    if kernel:
+        command += ["-k", kernel]
+    subprocess.run(command, check=True, capture_output=True, text=True)
+    assert (tmp_path / "run" / "data" / "eval.parquet").exists()
