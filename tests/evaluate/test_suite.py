@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import dataclasses
 import io
 import json
 import shutil
@@ -174,7 +175,7 @@ def test_failures_are_reported_and_the_rest_runs(tiny_model: str, sources: Sourc
     openai_server.responder = _judge
     cfg = _config(tmp_path / "run", ["object_halbench", "llava_bench", "pope"], None, openai_server.url)
     _coco_images(sources.cache_dir / "coco2014")  # LLaVA-Bench images are there, the annotations cannot be fetched
-    offline = Sources(**{**vars(sources), "coco_annotations_url": "http://127.0.0.1:9/annotations.zip"})
+    offline = dataclasses.replace(sources, coco_annotations_url="http://127.0.0.1:9/annotations.zip")
     result = run_benchmarks(cfg, {"SFT": tiny_model}, offline)
 
     by_bench = result.results["SFT"]
