@@ -18,6 +18,7 @@ import torch
 from tqdm.auto import tqdm
 from transformers import PreTrainedModel, ProcessorMixin
 
+from rlhfv_nb.config import Config
 from rlhfv_nb.data import decode_image
 from rlhfv_nb.features import prompt_text
 from rlhfv_nb.files import trim_torn_line
@@ -45,6 +46,13 @@ class GenerationSettings:
         if self.do_sample:
             kwargs.update(temperature=self.temperature, top_p=self.top_p)
         return kwargs
+
+
+def eval_settings(cfg: Config) -> GenerationSettings:
+    """Deterministic decoding from `cfg.evaluation` (beam search if `num_beams` > 1), seeded by `cfg.seed`."""
+    e = cfg.evaluation
+    return GenerationSettings(max_new_tokens=e.max_new_tokens, num_beams=e.num_beams,
+                              repetition_penalty=e.repetition_penalty, seed=cfg.seed)
 
 
 def read_answers(path: Path) -> dict[str, dict[str, Any]]:

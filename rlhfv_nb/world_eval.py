@@ -14,7 +14,7 @@ from rlhfv_nb.data import read_parquet
 from rlhfv_nb.evaluate.chair import ChairResult, ChairVocabulary, score_responses
 from rlhfv_nb.evaluate.pope import score_answers
 from rlhfv_nb.files import write_json
-from rlhfv_nb.generate import GenerationSettings, generate_answers
+from rlhfv_nb.generate import eval_settings, generate_answers
 from rlhfv_nb.modeling import load_model, load_processor
 from rlhfv_nb.world import Scene
 
@@ -27,17 +27,12 @@ def world_vocabulary(cfg: Config) -> ChairVocabulary:
 
 def eval_items(cfg: Config) -> list[dict[str, Any]]:
     """Held-out items (`<run>/data/eval.parquet`), optionally limited to the first `evaluation.limit` images."""
-    rows = [dict(r, image=r["image"]["bytes"], id=r["uid"]) for r in read_parquet(cfg.run_path / "data" / "eval.parquet")]
+    rows = [dict(r, image=r["image"]["bytes"], id=r["uid"])
+            for r in read_parquet(cfg.run_path / "data" / "eval.parquet")]
     if cfg.evaluation.limit:
         images = set(list(dict.fromkeys(r["image_id"] for r in rows))[: cfg.evaluation.limit])
         rows = [r for r in rows if r["image_id"] in images]
     return rows
-
-
-def settings(cfg: Config) -> GenerationSettings:
-    e = cfg.evaluation
-    return GenerationSettings(max_new_tokens=e.max_new_tokens, num_beams=e.num_beams,
-                              repetition_penalty=e.repetition_penalty, seed=cfg.seed)
 
 
 def answer_items(cfg: Config, model_path: str, name: str, items: list[dict[str, Any]]) -> dict[str, str]:
@@ -45,11 +40,13 @@ def answer_items(cfg: Config, model_path: str, name: str, items: list[dict[str, 
     processor = load_processor(model_path, cfg.model)
     model = load_model(model_path, cfg.model)
     out = cfg.run_path / "eval" / name / "answers.jsonl"
-    answers = generate_answers(model, processor, items, settings(cfg), out, cfg.evaluation.batch_size)
+    answers = generate_answers(model, processor, items, eval_settings(cfg), out, cfg.evaluation.batch_size)
     return {a["id"]: a["answer"] for a in answers}
 
 
-def score_world(items: list[dict[str, Any]], answers: dict[str, str], vocab: ChairVocabulary) -> tuple[dict, ChairResult]:
+def score_world(
+    items: list[dict[str, Any]], answers: dict[str, str], vocab: ChairVocabulary
+) -> tuple[dict, ChairResult]:
     """CHAIR on descriptions, POPE metrics on existence questions, accuracy on colour/count questions."""
     describe = [i for i in items if i["qtype"] == "describe"]
     chair = score_responses(

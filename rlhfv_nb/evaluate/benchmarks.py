@@ -6,6 +6,7 @@ import json
 import os
 import shutil
 import tempfile
+import urllib.error
 import urllib.request
 import zipfile
 from collections.abc import Iterable
@@ -52,6 +53,9 @@ def download(url: str, dest: str | Path, timeout: float = 60.0) -> Path:
         with os.fdopen(fd, "wb") as out, urllib.request.urlopen(url, timeout=timeout) as response:
             shutil.copyfileobj(response, out, length=1 << 20)
         os.replace(tmp, dest)
+    except (urllib.error.URLError, TimeoutError, ConnectionError) as err:
+        Path(tmp).unlink(missing_ok=True)
+        raise ConnectionError(f"could not download {url} to {dest} (offline?): {err}") from err
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
@@ -130,8 +134,14 @@ def fetch_coco_annotations(cache_dir: str | Path | None = None, url: str = COCO_
     return coco_dir
 
 
-def coco_image_url(image_id: int | str) -> str:
-    return COCO_VAL2014_IMAGE_URL.format(image_id=int(image_id))
+def coco_image_url(image_id: int | str, template: str = COCO_VAL2014_IMAGE_URL) -> str:
+    return template.format(image_id=int(image_id))
+
+
+def coco_image(image_id: int | str, coco_dir: str | Path, template: str = COCO_VAL2014_IMAGE_URL) -> Path:
+    """`<coco_dir>/val2014/COCO_val2014_<id>.jpg`, downloaded there from COCO when it is missing."""
+    name = f"COCO_val2014_{int(image_id):012d}.jpg"
+    return download(coco_image_url(image_id, template), Path(coco_dir) / "val2014" / name)
 
 
 # -- Object HalBench -------------------------------------------------------------------------------

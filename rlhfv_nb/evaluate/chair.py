@@ -374,23 +374,29 @@ def evaluate_chair(
     vocab: ChairVocabulary | None = None,
     judge=None,
     questions: Mapping[Hashable, str] | None = None,
+    image_ids: Mapping[Hashable, Hashable] | None = None,
 ) -> ChairResult:
     """Object HalBench CHAIR for `{image_id: response}` against COCO val2014 annotations in `coco_dir`.
 
     `coco_dir` holds `annotations/instances_val2014.json` and `annotations/captions_val2014.json`
-    (see `benchmarks.fetch_coco_annotations`). With a `judge` (a `JudgeClient`) objects are
-    extracted by the LLM instead of word matching; the summary then records the judge model.
+    (see `benchmarks.fetch_coco_annotations`). When responses are keyed otherwise (several prompts
+    per image), `image_ids` maps each key to its COCO image id. With a `judge` (a `JudgeClient`)
+    objects are extracted by the LLM instead of word matching; the summary then records the judge model.
     """
     vocab = vocab or ChairVocabulary.coco()
-    normalised = {coco_image_id(k): v for k, v in responses.items()}
-    truth = load_coco_ground_truth(coco_dir, vocab, normalised)
+    if image_ids is None:
+        responses = {coco_image_id(k): v for k, v in responses.items()}
+        questions = {coco_image_id(k): v for k, v in (questions or {}).items()}
+        image_ids = {k: k for k in responses}
+    images = {k: coco_image_id(image_ids[k]) for k in responses}
+    by_image = load_coco_ground_truth(coco_dir, vocab, images.values())
+    truth = {k: by_image[image] for k, image in images.items() if image in by_image}
     if judge is None:
-        result = score_responses(normalised, truth, vocab)
+        result = score_responses(responses, truth, vocab)
         result.summary["extraction"] = "word_match"
         return result
-    qs = {coco_image_id(k): v for k, v in (questions or {}).items()}
-    known = {k: v for k, v in normalised.items() if k in truth}  # no judge calls for unknown ids
-    found, errors = llm_mentions(known, vocab, judge, qs)
-    result = score_responses(normalised, truth, vocab, mentions=found, extraction_errors=errors)
+    known = {k: v for k, v in responses.items() if k in truth}  # no judge calls for unknown ids
+    found, errors = llm_mentions(known, vocab, judge, questions)
+    result = score_responses(responses, truth, vocab, mentions=found, extraction_errors=errors)
     result.summary.update(extraction="llm", judge=judge.usage())
     return result

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import hashlib
 import json
 import threading
 import time
@@ -12,6 +13,8 @@ from http.server import BaseHTTPRequestHandler, SimpleHTTPRequestHandler, Thread
 from pathlib import Path
 
 import pytest
+
+from rlhfv_nb.evaluate.benchmarks import MMHAL_REPO_ID
 
 FIXTURES = Path(__file__).parent / "fixtures"
 API_KEY = "sk-test-SECRET-KEY-never-stored-1234"
@@ -116,3 +119,35 @@ def file_server(tmp_path: Path) -> Iterator[tuple[str, Path]]:
 @pytest.fixture
 def coco_dir() -> Path:
     return FIXTURES / "coco"
+
+
+@pytest.fixture
+def hub_server() -> Iterator[tuple[str, dict[str, bytes]]]:
+    """A minimal Hugging Face hub `resolve` endpoint for the MMHal-Bench dataset repo."""
+    files: dict[str, bytes] = {}
+    prefix = f"/datasets/{MMHAL_REPO_ID}/resolve/main/"
+
+    class Hub(BaseHTTPRequestHandler):
+        def log_message(self, *args: object) -> None:
+            pass
+
+        def _reply(self, with_body: bool) -> None:
+            path = self.path.split("?")[0]
+            data = files.get(path[len(prefix):]) if path.startswith(prefix) else None
+            self.send_response(200 if data is not None else 404)
+            self.send_header("Content-Length", str(len(data or b"")))
+            if data is not None:
+                self.send_header("ETag", f'"{hashlib.sha1(data).hexdigest()}"')
+                self.send_header("X-Repo-Commit", "a" * 40)
+            self.end_headers()
+            if with_body and data:
+                self.wfile.write(data)
+
+        def do_HEAD(self) -> None:  # noqa: N802
+            self._reply(False)
+
+        def do_GET(self) -> None:  # noqa: N802
+            self._reply(True)
+
+    for url in _serve(Hub):
+        yield url, files

@@ -2,12 +2,8 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
-import threading
 import zipfile
-from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
@@ -92,39 +88,16 @@ def test_coco_image_url() -> None:
         "http://images.cocodataset.org/val2014/COCO_val2014_000000296284.jpg")
 
 
-@pytest.fixture
-def hub_server() -> Iterator[tuple[str, dict[str, bytes]]]:
-    """A minimal Hugging Face hub `resolve` endpoint for the MMHal-Bench dataset repo."""
-    files: dict[str, bytes] = {}
-    prefix = f"/datasets/{benchmarks.MMHAL_REPO_ID}/resolve/main/"
-
-    class Hub(BaseHTTPRequestHandler):
-        def log_message(self, *args: object) -> None:
-            pass
-
-        def _reply(self, with_body: bool) -> None:
-            path = self.path.split("?")[0]
-            data = files.get(path[len(prefix):]) if path.startswith(prefix) else None
-            self.send_response(200 if data is not None else 404)
-            self.send_header("Content-Length", str(len(data or b"")))
-            if data is not None:
-                self.send_header("ETag", f'"{hashlib.sha1(data).hexdigest()}"')
-                self.send_header("X-Repo-Commit", "a" * 40)
-            self.end_headers()
-            if with_body and data:
-                self.wfile.write(data)
-
-        def do_HEAD(self) -> None:  # noqa: N802
-            self._reply(False)
-
-        def do_GET(self) -> None:  # noqa: N802
-            self._reply(True)
-
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Hub)
-    threading.Thread(target=server.serve_forever, args=(0.02,), daemon=True).start()
-    yield f"http://127.0.0.1:{server.server_address[1]}", files
-    server.shutdown()
-    server.server_close()
+def test_coco_image_downloaded_once_into_val2014(file_server: tuple[str, Path], tmp_path: Path) -> None:
+    url, root = file_server
+    (root / "COCO_val2014_000000000042.jpg").write_bytes(b"jpeg")
+    template = url + "/COCO_val2014_{image_id:012d}.jpg"
+    path = benchmarks.coco_image("42", tmp_path / "coco", template)
+    assert path == tmp_path / "coco" / "val2014" / "COCO_val2014_000000000042.jpg" and path.read_bytes() == b"jpeg"
+    (root / "COCO_val2014_000000000042.jpg").unlink()
+    assert benchmarks.coco_image(42, tmp_path / "coco", template).read_bytes() == b"jpeg"  # cached
+    with pytest.raises(ConnectionError, match="could not download .*000000000043.jpg"):
+        benchmarks.coco_image(43, tmp_path / "coco", template)
 
 
 def test_mmhal_from_hub(hub_server: tuple[str, dict[str, bytes]], tmp_path: Path) -> None:
