@@ -62,13 +62,13 @@ def ddpo_inputs(cfg: Config, compute_missing: bool) -> tuple[list[dict[str, Any]
     import torch
 
     from rlhfv_nb import pipeline
-    from rlhfv_nb.logps import cache_path, read_cache
+    from rlhfv_nb.logps import read_cache
     from rlhfv_nb.modeling import load_model, load_processor
 
     model_path = pipeline.sft_model_path(cfg)
     processor = load_processor(model_path, cfg.model)
     rows, _ = pipeline.tokenise_pairs(cfg, processor)
-    cache = cache_path(cfg.run_path / "data" / "logps", model_path, rows)  # where pipeline.compute_reference writes
+    cache = pipeline.reference_cache(cfg, rows)
     missing = len({row["uid"] for row in rows} - read_cache(cache).keys())
     if missing and not compute_missing:
         raise LaunchError(f"{missing} of {len(rows)} pairs have no reference log-probs in {cache}; compute them "

@@ -28,8 +28,8 @@ from rlhfv_nb.data import (
     write_parquet,
 )
 from rlhfv_nb.ddpo import diff_token_weights
-from rlhfv_nb.files import read_json, write_json
 from rlhfv_nb.features import prompt_length, response_ids
+from rlhfv_nb.files import read_json, write_json
 from rlhfv_nb.generate import GenerationSettings, generate_answers
 from rlhfv_nb.logps import cache_path, reference_logps
 from rlhfv_nb.modeling import build_tiny_model, load_model, load_processor
@@ -215,10 +215,15 @@ def tokenise_pairs(cfg: Config, processor) -> tuple[list[dict[str, Any]], BadRow
     return rows, bad
 
 
+def reference_cache(cfg: Config, rows: list[dict[str, Any]]) -> Path:
+    """Where the reference log-probs of `rows` under the run's SFT model live (`<run>/data/logps`)."""
+    return cache_path(cfg.run_path / "data" / "logps", sft_model_path(cfg), rows)
+
+
 def compute_reference(cfg: Config, rows: list[dict[str, Any]], model=None, processor=None) -> Path:
     """Per-token reference log-probs of `rows` under the frozen SFT model, cached in `<run>/data/logps`."""
     path = sft_model_path(cfg)
-    cache = cache_path(cfg.run_path / "data" / "logps", path, rows)
+    cache = reference_cache(cfg, rows)
     processor = processor or load_processor(path, cfg.model)
     model = model or load_model(path, cfg.model)
     reference_logps(model, processor, rows, cache, cfg.ddpo.ref_batch_size)
@@ -239,6 +244,22 @@ def ddpo_dataset(rows: list[dict[str, Any]], reference: dict[str, dict[str, list
 
 def ddpo_dir(cfg: Config, gamma: float) -> Path:
     return cfg.run_path / "ddpo" / f"gamma{gamma:g}"
+
+
+def ddpo_gammas(cfg: Config) -> list[float]:
+    """The configured gamma first, then the ablation gammas (1 = plain DPO)."""
+    return [cfg.ddpo.gamma] + [g for g in cfg.ddpo.ablation_gammas if g != cfg.ddpo.gamma]
+
+
+def model_label(gamma: float) -> str:
+    return "DPO (gamma=1)" if gamma == 1 else f"DDPO gamma={gamma:g}"
+
+
+def trained_models(cfg: Config) -> dict[str, str]:
+    """Display name -> folder of the SFT model and every DDPO/DPO model of the run."""
+    models = {"SFT": sft_model_path(cfg)}
+    models.update({model_label(g): str(ddpo_dir(cfg, g) / "final") for g in ddpo_gammas(cfg)})
+    return models
 
 
 def run_ddpo(cfg: Config, rows: list[dict[str, Any]], cache: Path, gamma: float) -> Path:

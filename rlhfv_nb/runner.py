@@ -15,6 +15,7 @@ import yaml
 from papermill.exceptions import PapermillExecutionError
 
 from rlhfv_nb.config import Config, load_config, project_root
+from rlhfv_nb.launch import parse_overrides
 
 
 @dataclass(frozen=True)
@@ -44,21 +45,6 @@ def select(all_stages: list[Stage], only: Sequence[str] | None) -> list[Stage]:
         names = ", ".join(s.name for s in all_stages)
         raise ValueError(f"unknown stage(s) {sorted(unknown)}; stages are: {names}")
     return chosen
-
-
-def parse_overrides(pairs: Sequence[str]) -> dict[str, Any]:
-    """`["ddpo.beta=0.1", "seed=3"]` -> `{"ddpo": {"beta": 0.1}, "seed": 3}` (values parsed as YAML)."""
-    out: dict[str, Any] = {}
-    for pair in pairs:
-        if "=" not in pair:
-            raise ValueError(f"--set {pair!r}: expected section.key=value")
-        key, raw = pair.split("=", 1)
-        target = out
-        *sections, leaf = key.split(".")
-        for section in sections:
-            target = target.setdefault(section, {})
-        target[leaf] = yaml.safe_load(raw)
-    return out
 
 
 KERNEL = "rlhfv-nb"  # registered in the virtualenv by `make`; the notebooks' own python3 kernel otherwise

@@ -13,9 +13,6 @@ from rlhfv_nb.config import Config
 from rlhfv_nb.data import read_parquet
 from rlhfv_nb.evaluate.chair import ChairResult, ChairVocabulary, score_responses
 from rlhfv_nb.evaluate.pope import score_answers
-from rlhfv_nb.files import write_json
-from rlhfv_nb.generate import eval_settings, generate_answers
-from rlhfv_nb.modeling import load_model, load_processor
 from rlhfv_nb.world import Scene
 
 
@@ -33,15 +30,6 @@ def eval_items(cfg: Config) -> list[dict[str, Any]]:
         images = set(list(dict.fromkeys(r["image_id"] for r in rows))[: cfg.evaluation.limit])
         rows = [r for r in rows if r["image_id"] in images]
     return rows
-
-
-def answer_items(cfg: Config, model_path: str, name: str, items: list[dict[str, Any]]) -> dict[str, str]:
-    """Greedy answers of one model to every item, cached in `<run>/eval/<name>/answers.jsonl`."""
-    processor = load_processor(model_path, cfg.model)
-    model = load_model(model_path, cfg.model)
-    out = cfg.run_path / "eval" / name / "answers.jsonl"
-    answers = generate_answers(model, processor, items, eval_settings(cfg), out, cfg.evaluation.batch_size)
-    return {a["id"]: a["answer"] for a in answers}
 
 
 def score_world(
@@ -67,12 +55,3 @@ def score_world(
 
 def _norm(text: str) -> str:
     return text.strip().lower().rstrip(".")
-
-
-def evaluate_model(cfg: Config, model_path: str, name: str) -> tuple[dict, ChairResult]:
-    """Answer and score the held-out world items with one model; writes `<run>/eval/<name>/scores.json`."""
-    items = eval_items(cfg)
-    answers = answer_items(cfg, model_path, name, items)
-    summary, chair = score_world(items, answers, world_vocabulary(cfg))
-    write_json(cfg.run_path / "eval" / name / "scores.json", {"summary": summary, "chair": chair.to_dict()})
-    return summary, chair

@@ -46,9 +46,12 @@ def test_every_stage_leaves_its_artifacts(run_folder: Path) -> None:
     metrics = json.loads((run_folder / "metrics.json").read_text())
     assert metrics["sft"]["feedback"]["corrected"] > 0
     assert 0.0 <= metrics["ddpo"]["gamma=5"]["rewards/accuracies"] <= 1.0
-    evaluation = metrics["evaluation"]
-    assert {"SFT", "DDPO gamma=5", "DPO (gamma=1)"} <= set(evaluation)
-    assert evaluation["SFT"]["chair"]["n_scored"] == SMALL["data"]["eval_images"]
+    results = metrics["evaluation"]["results"]
+    assert set(results) == {"SFT", "DDPO gamma=5", "DPO (gamma=1)"}
+    for by_benchmark in results.values():
+        assert by_benchmark["world_chair"]["status"] == "ok"
+        assert by_benchmark["world_chair"]["metrics"]["n_scored"] == SMALL["data"]["eval_images"]
+        assert by_benchmark["world_pope"]["status"] == "ok"
 
 
 def test_finished_stages_are_skipped_unless_forced(run_folder: Path, capsys: pytest.CaptureFixture) -> None:
