@@ -30,7 +30,7 @@ from rlhfv_nb.world import Scene
 HALLUCINATED, PRESENT, UNJUDGED = "hallucinated", "in the image", "object (not judged)"
 COLORS = {HALLUCINATED: "#f87171", PRESENT: "#86efac", UNJUDGED: "#d1d5db"}
 QUEUE_SIZE = 32  # waiting requests beyond this are refused with "queue full"
-CSS = "#image img { image-rendering: pixelated; }"  # the synthetic world's images are tiny
+CSS = "#image img { image-rendering: pixelated; width: 100%; height: 100%; object-fit: contain; }"  # tiny images
 INTRO = f"""# RLHF-V: SFT vs DDPO
 Upload an image (or pick an example below), ask a question, and both models answer side by side.
 Object mentions are marked: <span style="background:{COLORS[HALLUCINATED]}">{HALLUCINATED}</span> (not in the
