@@ -143,6 +143,7 @@ def world_examples(cfg: Config, folder: Path, count: int = 4) -> list[Example]:
 class Demo:
     """The models, vocabularies and examples behind the app; `blocks()` builds it, `launch()` serves it."""
 
+    paths: dict[str, str]  # model name -> folder or hub id
     answerers: dict[str, Answerer]
     vocabularies: dict[str, ChairVocabulary]
     cfg: DemoConfig
@@ -161,7 +162,7 @@ class Demo:
         settings = GenerationSettings(max_new_tokens=cfg.demo.max_new_tokens,
                                       repetition_penalty=cfg.evaluation.repetition_penalty, seed=cfg.seed)
         examples = world_examples(cfg, Path(tempfile.mkdtemp(prefix="rlhfv-demo-")))
-        return cls(load_answerers(paths, cfg.model), vocabularies, cfg.demo, settings, examples)
+        return cls(paths, load_answerers(paths, cfg.model), vocabularies, cfg.demo, settings, examples)
 
     def _inputs(self, image: Any, question: str, objects: str, vocabulary: str
                 ) -> tuple[Image.Image, str, ChairVocabulary, set[str] | None]:
@@ -204,7 +205,7 @@ class Demo:
     def blocks(self) -> gr.Blocks:
         """The Gradio app, queued with one request at a time (the models share weights and a lock)."""
         with gr.Blocks(title="RLHF-V demo: SFT vs DDPO") as app:
-            gr.Markdown(INTRO)
+            gr.Markdown(INTRO + "\nModels: " + " · ".join(f"**{name}**: `{path}`" for name, path in self.paths.items()))
             with gr.Row():
                 image = gr.Image(type="filepath", sources=["upload"], label="Image", elem_id="image", height=280)
                 with gr.Column():

@@ -4,6 +4,7 @@ served app answering through `gradio_client` on a free localhost port."""
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import gradio as gr
 import httpx
@@ -33,6 +34,8 @@ from rlhfv_nb.evaluate.chair import ChairVocabulary
 from rlhfv_nb.generate import GenerationSettings
 from rlhfv_nb.modeling import count_parameters, load_model
 from rlhfv_nb.world_eval import eval_items
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
@@ -214,6 +217,19 @@ def test_upload_over_the_size_limit_is_refused(served, tmp_path):
     with open(path, "rb") as handle:  # and the server enforces it
         response = httpx.post(f"{app.local_url}gradio_api/upload", files={"files": handle}, timeout=30)
     assert response.status_code == 413 and "maximum allowed size" in response.text
+
+
+@pytest.mark.slow
+def test_notebook_previews_and_does_not_serve(run, tmp_path):
+    papermill = pytest.importorskip("papermill")
+    out = tmp_path / "05_demo.ipynb"
+    papermill.execute_notebook(str(ROOT / "notebooks" / "05_demo.ipynb"), str(out), parameters=run.to_dict(),
+                               cwd=str(ROOT), kernel_name="python3", progress_bar=False)
+    done = json.loads((run.run_path / "stages" / "05_demo.json").read_text())
+    assert done["launched"] is False and done["examples"] == 3 and list(done["models"]) == ["SFT", "DDPO"]
+    shown = [o["data"]["text/html"] for cell in json.loads(out.read_text())["cells"]
+             for o in cell.get("outputs", []) if "text/html" in o.get("data", {})]
+    assert len(shown) == 1 and "".join(shown[0]).count("<tr>") == 4  # header + three examples
 
 
 def test_cli_demo_arguments():
