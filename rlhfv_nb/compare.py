@@ -55,24 +55,21 @@ class Answerer:
                       pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id)
         errors: list[Exception] = []
 
-        def run() -> None:
+        def run() -> None:  # the lock and the active adapter are held by this thread, for generation only
             try:
-                with torch.no_grad():
+                with self.lock, self._active(), torch.no_grad():
                     self.model.generate(**kwargs)
             except Exception as err:  # re-raised in the caller's thread below
                 errors.append(err)
                 streamer.end()
 
-        with self.lock, self._active():
-            thread = threading.Thread(target=run, daemon=True)
-            thread.start()
-            text = ""
-            try:
-                for piece in streamer:
-                    text += piece
-                    yield text.strip()
-            finally:
-                thread.join()  # keep the adapter active (and the lock held) until generation stops
+        thread = threading.Thread(target=run, daemon=True)
+        thread.start()
+        text = ""
+        for piece in streamer:
+            text += piece
+            yield text.strip()
+        thread.join()
         if errors:
             raise errors[0]
 

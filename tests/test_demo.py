@@ -4,6 +4,7 @@ served app answering through `gradio_client` on a free localhost port."""
 from __future__ import annotations
 
 import json
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import gradio as gr
@@ -138,6 +139,22 @@ def test_base_and_adapter_share_one_model_and_answer_like_separate_ones(run):
     answers = {name: list(a.stream(image, item["question"], settings))[-1] for name, a in shared.items()}
     assert answers == {name: list(a.stream(image, item["question"], settings))[-1] for name, a in separate.items()}
     assert answers["base"] != answers["sft"]  # the adapter is really switched off for the base
+
+
+def test_abandoned_stream_releases_the_model_and_errors_surface(demo, monkeypatch):
+    sft, ddpo = demo.answerers["SFT"], demo.answerers["DDPO"]
+    image, settings = decode_image(Path(demo.examples[0].image).read_bytes()), GenerationSettings(max_new_tokens=12)
+    abandoned = sft.stream(image, "Describe the image.", settings)
+    next(abandoned)
+    with ThreadPoolExecutor(1) as pool:  # the other adapter of the same model still answers
+        assert pool.submit(lambda: list(ddpo.stream(image, "Describe the image.", settings))).result(timeout=60)
+
+    def broken(**kwargs):
+        raise RuntimeError("out of memory (simulated)")
+
+    monkeypatch.setattr(sft.model, "generate", broken)
+    with pytest.raises(RuntimeError, match="simulated"):
+        list(sft.stream(image, "Describe the image.", settings))
 
 
 # ---------------------------------------------------------------- the app
