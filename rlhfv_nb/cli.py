@@ -1,4 +1,4 @@
-"""`rlhfv-nb` console command: run the pipeline, validate params."""
+"""`rlhfv-nb` console command: run the pipeline, validate params, serve the demo."""
 
 from __future__ import annotations
 
@@ -26,6 +26,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     validate = commands.add_parser("validate", help="check a params file and print the resolved values")
     validate.add_argument("params")
+
+    demo = commands.add_parser("demo", help="serve the Gradio demo: SFT vs DDPO answers side by side")
+    demo.add_argument("params")
+    demo.add_argument("--sft", default=None, help="SFT model folder or hub id (default: the run's)")
+    demo.add_argument("--ddpo", default=None, help="DDPO model folder or hub id (default: the run's)")
+    demo.add_argument("--port", type=int, default=None, help="port on demo.host (default: demo.port)")
+    demo.add_argument("--share", action="store_true", help="also open a public gradio.live link")
     return parser
 
 
@@ -40,6 +47,13 @@ def main(argv: list[str] | None = None) -> int:
             import yaml
 
             print(yaml.safe_dump(load_config(args.params).to_dict(), sort_keys=False))
+            return 0
+        if args.command == "demo":
+            from rlhfv_nb.demo import Demo
+
+            demo = {"share": True} if args.share else {}
+            demo.update({"port": args.port} if args.port else {})
+            Demo.from_config(load_config(args.params, demo=demo), args.sft, args.ddpo).launch()
             return 0
     except (ConfigError, ValueError, FileNotFoundError) as err:
         print(f"rlhfv-nb: {err}", file=sys.stderr)

@@ -1,0 +1,254 @@
+"""The Gradio demo on tiny checkpoints: input checks, highlighting, one shared base for two adapters, and the
+served app answering through `gradio_client` on a free localhost port."""
+
+from __future__ import annotations
+
+import json
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import gradio as gr
+import httpx
+import numpy as np
+import pytest
+from demo_run import free_port, make_demo_run
+from gradio_client import Client, handle_file
+from gradio_client.exceptions import AppError
+from PIL import Image
+
+from rlhfv_nb.cli import build_parser
+from rlhfv_nb.compare import load_answerers
+from rlhfv_nb.config import DemoConfig
+from rlhfv_nb.data import decode_image
+from rlhfv_nb.demo import (
+    HALLUCINATED,
+    PRESENT,
+    UNJUDGED,
+    Demo,
+    DemoInputError,
+    ground_truth,
+    highlight,
+    read_image,
+    verdict,
+)
+from rlhfv_nb.evaluate.chair import ChairVocabulary
+from rlhfv_nb.generate import GenerationSettings
+from rlhfv_nb.modeling import count_parameters, load_model
+from rlhfv_nb.world_eval import eval_items
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    return make_demo_run(tmp_path_factory.mktemp("demo") / "run")
+
+
+@pytest.fixture(scope="module")
+def demo(run):
+    return Demo.from_config(run)
+
+
+@pytest.fixture(scope="module")
+def served(demo):
+    app = demo.launch(server_port=free_port(), prevent_thread_lock=True, quiet=True)
+    yield app, Client(app.local_url, verbose=False)
+    app.close()
+
+
+@pytest.fixture(scope="module")
+def coco():
+    return ChairVocabulary.coco()
+
+
+def _png(path, size, noise=False):
+    rng = np.random.default_rng(0)
+    pixels = rng.integers(0, 256, (size[1], size[0], 3), dtype=np.uint8) if noise else np.zeros((size[1], size[0], 3),
+                                                                                                    np.uint8)
+    Image.fromarray(pixels).save(path)
+    return str(path)
+
+
+# ---------------------------------------------------------------- input checks
+def test_read_image_accepts_a_picture(tmp_path):
+    image = read_image(_png(tmp_path / "ok.png", (40, 30)), DemoConfig())
+    assert image.size == (40, 30) and image.mode == "RGB"
+
+
+def test_non_image_upload_gets_a_clear_message(tmp_path):
+    (tmp_path / "notes.png").write_text("not a picture at all")
+    with pytest.raises(DemoInputError, match="not an image"):
+        read_image(tmp_path / "notes.png", DemoConfig())
+
+
+def test_too_large_file_is_refused(tmp_path):
+    path = _png(tmp_path / "noise.png", (200, 200), noise=True)  # ~120 kB of incompressible pixels
+    with pytest.raises(DemoInputError, match=r"MB; the limit is 0.05 MB"):
+        read_image(path, DemoConfig(max_upload_mb=0.05))
+
+
+def test_oversized_dimensions_are_refused(tmp_path):
+    path = _png(tmp_path / "wide.png", (5000, 8))
+    with pytest.raises(DemoInputError, match=r"5000x8 pixels.*4096 pixels"):
+        read_image(path, DemoConfig(max_image_side=4096))
+
+
+def test_ground_truth_maps_names_through_the_vocabulary(coco):
+    assert ground_truth("", coco) is None
+    assert ground_truth(" dogs, Teddy Bear ,motorbike", coco) == {"dog", "teddy bear", "motorcycle"}
+    with pytest.raises(DemoInputError, match="'unicorn' is not an object of the coco vocabulary"):
+        ground_truth("dog, unicorn", coco)
+
+
+# ---------------------------------------------------------------- highlighting
+def test_highlight_judges_mentions_against_ground_truth(coco):
+    text = "A dog and two cats sit on a sofa."
+    spans = highlight(text, coco, {"dog"})
+    assert "".join(piece for piece, _ in spans) == text
+    assert [(p, label) for p, label in spans if label] == [("dog", PRESENT), ("cats", HALLUCINATED),
+                                                           ("sofa", HALLUCINATED)]
+    assert verdict("SFT", spans) == "**SFT**: 2 of 3 object mention(s) hallucinated: cats, sofa."
+
+
+def test_without_ground_truth_mentions_are_not_judged(coco):
+    spans = highlight("A dog on a sofa.", coco, None)
+    assert [label for _, label in spans if label] == [UNJUDGED, UNJUDGED]
+    assert "not judged" in verdict("SFT", spans)
+    assert highlight("", coco, None) == [] and verdict("SFT", []) == "**SFT**: no object mentioned."
+
+
+# ---------------------------------------------------------------- models
+def test_two_adapters_share_one_base(run, demo):
+    sft, ddpo = demo.answerers["SFT"], demo.answerers["DDPO"]
+    assert sft.model is ddpo.model and sft.lock is ddpo.lock
+    assert {sft.adapter, ddpo.adapter} == set(sft.model.peft_config) and sft.adapter != ddpo.adapter
+    base = load_model(run.run_path / "base", run.model)
+    lora = sum(p.numel() for name, p in sft.model.named_parameters() if "lora_" in name)
+    assert count_parameters(sft.model)["total"] == count_parameters(base)["total"] + lora
+    assert lora == 2 * sum(p.numel() for name, p in sft.model.named_parameters() if f"lora_A.{sft.adapter}." in name
+                           or f"lora_B.{sft.adapter}." in name)
+
+
+def test_base_and_adapter_share_one_model_and_answer_like_separate_ones(run):
+    paths = {"base": str(run.run_path / "base"), "sft": str(run.run_path / "sft" / "final")}
+    shared = load_answerers(paths, run.model)
+    assert shared["base"].model is shared["sft"].model and shared["base"].adapter is None
+    separate = {name: load_answerers({name: path}, run.model)[name] for name, path in paths.items()}
+    item = eval_items(run)[0]
+    image, settings = decode_image(item["image"]), GenerationSettings(max_new_tokens=12)
+    answers = {name: list(a.stream(image, item["question"], settings))[-1] for name, a in shared.items()}
+    assert answers == {name: list(a.stream(image, item["question"], settings))[-1] for name, a in separate.items()}
+    assert answers["base"] != answers["sft"]  # the adapter is really switched off for the base
+
+
+def test_abandoned_stream_releases_the_model_and_errors_surface(demo, monkeypatch):
+    sft, ddpo = demo.answerers["SFT"], demo.answerers["DDPO"]
+    image, settings = decode_image(Path(demo.examples[0].image).read_bytes()), GenerationSettings(max_new_tokens=12)
+    abandoned = sft.stream(image, "Describe the image.", settings)
+    next(abandoned)
+    with ThreadPoolExecutor(1) as pool:  # the other adapter of the same model still answers
+        assert pool.submit(lambda: list(ddpo.stream(image, "Describe the image.", settings))).result(timeout=60)
+
+    def broken(**kwargs):
+        raise RuntimeError("out of memory (simulated)")
+
+    monkeypatch.setattr(sft.model, "generate", broken)
+    with pytest.raises(RuntimeError, match="simulated"):
+        list(sft.stream(image, "Describe the image.", settings))
+
+
+# ---------------------------------------------------------------- the app
+def test_examples_are_held_out_world_images_with_their_objects(run, demo):
+    describe = [i for i in eval_items(run) if i["qtype"] == "describe"]
+    assert len(demo.examples) == len(describe) == 3
+    for example, item in zip(demo.examples, describe):
+        assert example.question == item["question"] and example.vocabulary == "synthetic-world"
+        kinds = {o["kind"] for o in json.loads(item["scene"])["objects"]}
+        assert set(example.objects.split(", ")) == kinds
+    assert list(demo.vocabularies) == ["synthetic-world", "coco"]
+
+
+def test_respond_streams_then_judges(demo):
+    example = demo.examples[0]
+    updates = list(demo.respond(example.image, example.question, example.objects, example.vocabulary))
+    assert len(updates) > 2 and all(len(u) == 3 for u in updates)
+    *answers, status = updates[-1]
+    assert all(answers) and status.startswith("**SFT**") and "**DDPO**" in status
+    assert "not judged" not in status
+
+
+@pytest.mark.parametrize(("image", "question", "objects", "message"), [
+    (None, "What is it?", "", "Upload an image"),
+    ("text", "What is it?", "", "not an image"),
+    ("ok", "  ", "", "Type a question"),
+    ("ok", "What is it?", "ball, unicorn", "'unicorn' is not an object"),
+])
+def test_bad_inputs_raise_user_messages(demo, tmp_path, image, question, objects, message):
+    if image == "text":
+        (tmp_path / "x.txt").write_text("hello")
+        image = str(tmp_path / "x.txt")
+    elif image == "ok":
+        image = demo.examples[0].image
+    with pytest.raises(gr.Error, match=message):
+        next(demo.respond(image, question, objects, "synthetic-world"))
+
+
+def test_served_on_localhost_without_share_link(served):
+    app, _ = served
+    assert app.server_name == "127.0.0.1" and app.share_url is None and not app.share
+    assert app.max_file_size == int(DemoConfig().max_upload_mb * 2**20)
+
+
+def test_client_gets_streamed_answers(demo, served):
+    _, client = served
+    example = demo.examples[1]
+    job = client.submit(handle_file(example.image), example.question, example.objects, example.vocabulary,
+                        api_name="/compare")
+    sft, ddpo, status = job.result(timeout=60)
+    assert len(job.outputs()) > 2  # intermediate updates reached the client
+    assert sft and ddpo and "**SFT**" in status
+    assert {e["class_or_confidence"] for e in sft + ddpo} <= {None, PRESENT, HALLUCINATED}
+
+
+def test_client_concurrent_requests_are_queued(demo, served, tmp_path):
+    _, client = served
+    jobs = [client.submit(handle_file(_png(tmp_path / f"{i}.png", (32, 32))), "What is here?", "", "coco",
+                          api_name="/compare") for i in range(3)]
+    for job in jobs:
+        *_, status = job.result(timeout=60)
+        assert "**DDPO**" in status
+
+
+def test_client_non_image_gets_message(served, tmp_path):
+    _, client = served
+    (tmp_path / "bad.jpg").write_bytes(b"\x00garbage")
+    with pytest.raises(AppError, match="This file is not an image"):
+        client.predict(handle_file(str(tmp_path / "bad.jpg")), "What?", "", "coco", api_name="/compare")
+
+
+def test_upload_over_the_size_limit_is_refused(served, tmp_path):
+    app, client = served
+    path = _png(tmp_path / "big.png", (2000, 1000), noise=True)  # ~6 MB > 5 MB
+    with pytest.raises(ValueError, match="exceeds the maximum file size"):  # the client knows the limit
+        client.predict(handle_file(path), "What?", "", "coco", api_name="/compare")
+    with open(path, "rb") as handle:  # and the server enforces it
+        response = httpx.post(f"{app.local_url}gradio_api/upload", files={"files": handle}, timeout=30)
+    assert response.status_code == 413 and "maximum allowed size" in response.text
+
+
+@pytest.mark.slow
+def test_notebook_previews_and_does_not_serve(run, tmp_path):
+    papermill = pytest.importorskip("papermill")
+    out = tmp_path / "05_demo.ipynb"
+    papermill.execute_notebook(str(ROOT / "notebooks" / "05_demo.ipynb"), str(out), parameters=run.to_dict(),
+                               cwd=str(ROOT), kernel_name="python3", progress_bar=False)
+    done = json.loads((run.run_path / "stages" / "05_demo.json").read_text())
+    assert done["launched"] is False and done["examples"] == 3 and list(done["models"]) == ["SFT", "DDPO"]
+    shown = [o["data"]["text/html"] for cell in json.loads(out.read_text())["cells"]
+             for o in cell.get("outputs", []) if "text/html" in o.get("data", {})]
+    assert len(shown) == 1 and "".join(shown[0]).count("<tr>") == 4  # header + three examples
+
+
+def test_cli_demo_arguments():
+    args = build_parser().parse_args(["demo", "params/cpu-tiny.yaml", "--sft", "a", "--port", "9000", "--share"])
+    assert (args.command, args.sft, args.ddpo, args.port, args.share) == ("demo", "a", None, 9000, True)
