@@ -28,7 +28,7 @@ class TinyModelConfig:
     """Shape of the offline tiny LLaVA-architecture model (CLIP vision tower + Llama decoder)."""
 
     image_size: int = 48
-    patch_size: int = 12
+    patch_size: int = 24
     vision_hidden_size: int = 64
     vision_layers: int = 2
     vision_heads: int = 4

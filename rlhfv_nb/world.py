@@ -42,7 +42,7 @@ class WorldConfig:
     """All knobs of the world; `WorldConfig()` is the cpu-tiny world."""
 
     image_size: int = 48
-    grid: int = 4  # grid x grid cells, at most one object per cell
+    grid: int = 2  # grid x grid cells, at most one object per cell (one vision patch each)
     kinds: tuple[tuple[str, str], ...] = (  # (category name, shape drawn)
         ("ball", "circle"),
         ("box", "square"),
