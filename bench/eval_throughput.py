@@ -41,6 +41,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--responses", type=int, default=3000, help="synthetic responses to score with CHAIR")
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--results-dir", type=Path, default=RESULTS)
+    p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     p.add_argument("--seed", type=int, default=0)
     return p.parse_args(argv)
 
@@ -108,6 +109,8 @@ def chair(args: argparse.Namespace) -> list[dict[str, Any]]:
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     args = parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
     with tempfile.TemporaryDirectory(prefix="bench-eval-") as work:
         gen = generation(args, Path(work))
     scores = chair(args)

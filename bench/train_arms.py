@@ -56,6 +56,7 @@ class ArmSpec:
     gradient_checkpointing: bool = True
     bf16: bool = False
     seed: int = 0
+    threads: int = 0  # torch intra-op threads; 0: torch's default (all cores)
     model: dict[str, Any] = field(default_factory=dict)  # rlhfv_nb ModelConfig overrides (dtype, lora, 4-bit)
 
     @property
@@ -70,34 +71,39 @@ class ArmSpec:
 
 
 class Clock(TrainerCallback):
-    """Wall times (seconds since the run's start) of training start, every optimizer step, epoch ends; logs."""
+    """Wall and CPU seconds since the run's start at training start, every optimizer step and epoch end; logs.
 
-    def __init__(self, start: float):
-        self.start = start
-        self.train_begin: float | None = None
-        self.step_ends: list[float] = []
-        self.epoch_ends: list[float] = []
+    CPU time (this process, all threads) is kept beside wall time: on a shared machine other jobs stretch wall
+    time far more than the work a run does.
+    """
+
+    def __init__(self):
+        self.start = (time.perf_counter(), time.process_time())
+        self.marks: dict[str, list[tuple[float, float]]] = {"train_begin": [], "step_end": [], "epoch_end": []}
         self.logs: list[dict[str, float]] = []
 
-    def now(self) -> float:
-        return time.perf_counter() - self.start
+    def now(self) -> tuple[float, float]:
+        return time.perf_counter() - self.start[0], time.process_time() - self.start[1]
 
     def on_train_begin(self, args, state, control, **kwargs):
-        self.train_begin = self.now()
+        self.marks["train_begin"].append(self.now())
 
     def on_step_end(self, args, state, control, **kwargs):
-        self.step_ends.append(self.now())
+        self.marks["step_end"].append(self.now())
 
     def on_epoch_end(self, args, state, control, **kwargs):
-        self.epoch_ends.append(self.now())
+        self.marks["epoch_end"].append(self.now())
 
     def on_log(self, args, state, control, logs=None, **kwargs):
         if logs:
             self.logs.append(dict(logs))
 
-    def step_times(self) -> list[float]:
-        """Time of each optimizer step, data loading and collation included."""
-        marks = [self.train_begin or 0.0, *self.step_ends]
+    def times(self, event: str, cpu: bool = False) -> list[float]:
+        return [mark[cpu] for mark in self.marks[event]]
+
+    def step_times(self, cpu: bool = False) -> list[float]:
+        """Seconds of each optimizer step, data loading and collation included."""
+        marks = self.times("train_begin", cpu)[:1] + self.times("step_end", cpu)
         return [b - a for a, b in zip(marks, marks[1:])]
 
 
@@ -211,18 +217,24 @@ def logged_last_epoch(logs: list[dict[str, float]], steps_per_epoch: int) -> dic
     return {"loss": mean("loss"), "reward_accuracy": mean("rewards/accuracies")}
 
 
+def _median(values: list[float]) -> float | None:
+    return sorted(values)[len(values) // 2] if values else None
+
+
 def run(spec: ArmSpec) -> dict[str, Any]:
     """Build and train one arm; timings, memory, metrics."""
     import_s = time.perf_counter() - IMPORT_START
     if spec.arm == "trl":
         import trl  # noqa: F401  (its import is not timed, like ours)
+    if spec.threads:
+        torch.set_num_threads(spec.threads)
     baseline = rss_mib()
-    clock = Clock(time.perf_counter())
+    clock = Clock()
     build = {"ours": build_ours, "trl": build_trl}[spec.arm]
     trainer, processor, rows = build(spec, clock)
     torch.manual_seed(spec.seed)
     trainer.train()
-    total_s = clock.now()
+    total_s, total_cpu_s = clock.now()
     peak = peak_rss_mib()
     if not rows:
         rows = token_rows(spec, load_processor(spec.model_dir, spec.model_cfg))
@@ -230,8 +242,11 @@ def run(spec: ArmSpec) -> dict[str, Any]:
     steps_per_epoch = -(-len(rows) // spec.batch_size)
     return {
         "arm": spec.arm, "gamma": spec.gamma if spec.arm == "ours" else None, "import_s": import_s,
-        "setup_s": clock.train_begin, "steps": len(steps), "step_s": sorted(steps)[len(steps) // 2] if steps else None,
-        "step_times": steps, "epoch_end_s": clock.epoch_ends, "total_s": total_s,
+        "threads": torch.get_num_threads(), "setup_s": clock.times("train_begin")[0],
+        "setup_cpu_s": clock.times("train_begin", cpu=True)[0], "steps": len(steps), "step_s": _median(steps),
+        "step_cpu_s": _median(clock.step_times(cpu=True)), "step_times": steps,
+        "epoch_end_s": clock.times("epoch_end"), "epoch_end_cpu_s": clock.times("epoch_end", cpu=True),
+        "total_s": total_s, "total_cpu_s": total_cpu_s,
         "peak_rss_mib": peak, "baseline_rss_mib": baseline, "train_rss_mib": peak - baseline,
         "cuda_peak_mib": cuda_peak_mib(), "load_avg_1min": os.getloadavg()[0], "optim": str(trainer.args.optim),
         "params": count_parameters(trainer.model),
