@@ -1,0 +1,1 @@
+"""Benchmarks of rlhfv_nb against the tools users would otherwise pick (see `bench/README.md`)."""
