@@ -11,7 +11,6 @@ from __future__ import annotations
 import io
 import json
 import os
-from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -224,16 +223,3 @@ def write_parquet(rows: list[dict[str, Any]], path: Path, image_column: bool = T
 def read_parquet(path: Path) -> datasets.Dataset:
     """A parquet written by `write_parquet`, images left as encoded bytes."""
     return load_raw(str(path))
-
-
-def bad_row_table(reports: Iterable[BadRows]) -> list[dict[str, Any]]:
-    """One row per (source, reason) for display."""
-    return [
-        {"source": report.source, "reason": reason, "rows": len(ids), "example ids": ", ".join(ids[:5])}
-        for report in reports
-        for reason, ids in sorted(report.reasons.items())
-    ]
-
-
-def reason_counts(report: BadRows) -> Counter:
-    return Counter({reason: len(ids) for reason, ids in report.reasons.items()})

@@ -85,7 +85,9 @@ def build_batch(
     return Sequences(inputs, labels, [len(p) for p in prompt_ids])
 
 
-def aligned(values: Sequence[Sequence[float]], starts: Sequence[int], shape: tuple[int, int], fill: float) -> torch.Tensor:
+def aligned(
+    values: Sequence[Sequence[float]], starts: Sequence[int], shape: tuple[int, int], fill: float
+) -> torch.Tensor:
     """A `[batch, length]` tensor with each response's per-token values placed at its label positions."""
     out = torch.full(shape, fill, dtype=torch.float32)
     for row, (start, row_values) in enumerate(zip(starts, values)):

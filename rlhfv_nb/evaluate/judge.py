@@ -9,7 +9,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -20,6 +19,8 @@ from typing import Generic, TypeVar
 
 import openai
 from openai.types.chat import ChatCompletion
+
+from rlhfv_nb.files import write_json
 
 T = TypeVar("T")
 Messages = Sequence[dict[str, str]]
@@ -89,19 +90,6 @@ def cache_key(model: str, messages: Messages, temperature: float, max_tokens: in
         ensure_ascii=False,
     )
     return hashlib.sha256(payload.encode("utf-8")).hexdigest()
-
-
-def write_json_atomic(path: Path, obj: object) -> None:
-    """Write JSON to `path` through a temporary file in the same folder and a rename."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump(obj, f, ensure_ascii=False, indent=1)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 class JudgeClient:
@@ -230,7 +218,7 @@ class JudgeClient:
     def _cache_put(self, key: str, record: dict) -> None:
         path = self._cache_path(key)
         if path is not None:
-            write_json_atomic(path, record)
+            write_json(path, record)
 
     # -- batches and parsing -----------------------------------------------------------------------
     def complete_many(self, prompts: Sequence[Messages], max_tokens: int | None = None) -> list[JudgeReply]:
