@@ -11,7 +11,7 @@ from __future__ import annotations
 import io
 import json
 import os
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -127,24 +127,17 @@ def _row_id(row: dict[str, Any], index: int) -> str:
     return str(index)
 
 
-def normalise_preferences(ds: datasets.Dataset, source: str, on_bad_row: str = "skip") -> tuple[list[dict], BadRows]:
-    """Rows in the normalised preference schema plus the rows left out and why.
-
-    A row is left out for a missing or undecodable image, a `text` that is not JSON or lacks a key,
-    an empty chosen/rejected answer, or chosen identical to rejected. With `on_bad_row="error"` the
-    first such row raises `DataError` naming source, row and field.
-    """
+def _normalise(
+    ds: datasets.Dataset, source: str, on_bad_row: str, parse: Callable[[dict[str, Any]], dict[str, Any]]
+) -> tuple[list[dict], BadRows]:
+    """Rows `{"uid", "image", **parse(row)}` with a decodable image; rows that raise `DataError` are
+    reported by reason and id (`on_bad_row="skip"`) or stop with the source, row and field (`"error"`)."""
     bad = BadRows(source)
     rows = []
     for index, row in enumerate(ds):
         row_id = _row_id(row, index)
         try:
-            text = _row_text(row)
-            for key in ("chosen", "rejected", "question"):
-                if not isinstance(text[key], str) or not text[key].strip():
-                    raise DataError(f"field {key!r} is empty")
-            if text["chosen"].strip() == text["rejected"].strip():
-                raise DataError("field 'chosen' is identical to 'rejected'")
+            fields = parse(row)
             data = image_bytes(row.get("image"))
             decode_image(data)
         except (DataError, OSError) as err:
@@ -152,9 +145,40 @@ def normalise_preferences(ds: datasets.Dataset, source: str, on_bad_row: str = "
                 raise DataError(f"{source}: row {index} (id {row_id}): {err}") from err
             bad.add(_reason(err), row_id)
             continue
-        origin = {key: row[key] for key in ORIGIN_KEYS if key in row and row[key] is not None}
-        rows.append({"uid": row_id, "image": data, **text, "source": json.dumps(origin, default=str)})
+        rows.append({"uid": row_id, "image": data, **fields})
     return rows, bad
+
+
+def _non_empty(fields: dict[str, Any]) -> dict[str, Any]:
+    for key, value in fields.items():
+        if not isinstance(value, str) or not value.strip():
+            raise DataError(f"field {key!r} is empty")
+    return fields
+
+
+def _preference_fields(row: dict[str, Any]) -> dict[str, Any]:
+    text = _non_empty(_row_text(row))
+    if text["chosen"].strip() == text["rejected"].strip():
+        raise DataError("field 'chosen' is identical to 'rejected'")
+    origin = {key: row[key] for key in ORIGIN_KEYS if key in row and row[key] is not None}
+    return {**text, "source": json.dumps(origin, default=str)}
+
+
+def _sft_fields(row: dict[str, Any]) -> dict[str, Any]:
+    if "answer" in row:
+        return _non_empty({"question": row.get("question"), "answer": row["answer"]})
+    pair = _row_text(row)
+    return _non_empty({"question": pair["question"], "answer": pair["chosen"]})
+
+
+def normalise_preferences(ds: datasets.Dataset, source: str, on_bad_row: str = "skip") -> tuple[list[dict], BadRows]:
+    """Rows in the normalised preference schema plus the rows left out and why.
+
+    A row is left out for a missing or undecodable image, a `text` that is not JSON or lacks a key,
+    an empty question/chosen/rejected, or chosen identical to rejected. With `on_bad_row="error"` the
+    first such row raises `DataError` naming source, row and field.
+    """
+    return _normalise(ds, source, on_bad_row, _preference_fields)
 
 
 def _reason(err: Exception) -> str:
@@ -164,28 +188,7 @@ def _reason(err: Exception) -> str:
 
 def normalise_sft(ds: datasets.Dataset, source: str, on_bad_row: str = "skip") -> tuple[list[dict], BadRows]:
     """SFT rows (`question`, `answer`) from a dataset with those columns or a preference dataset's chosen."""
-    bad = BadRows(source)
-    rows = []
-    for index, row in enumerate(ds):
-        row_id = _row_id(row, index)
-        try:
-            if "answer" in row:
-                text = {"question": row.get("question"), "answer": row["answer"]}
-            else:
-                pair = _row_text(row)
-                text = {"question": pair["question"], "answer": pair["chosen"]}
-            for key, value in text.items():
-                if not isinstance(value, str) or not value.strip():
-                    raise DataError(f"field {key!r} is empty")
-            data = image_bytes(row.get("image"))
-            decode_image(data)
-        except (DataError, OSError) as err:
-            if on_bad_row == "error":
-                raise DataError(f"{source}: row {index} (id {row_id}): {err}") from err
-            bad.add(_reason(err), row_id)
-            continue
-        rows.append({"uid": row_id, "image": data, **text})
-    return rows, bad
+    return _normalise(ds, source, on_bad_row, _sft_fields)
 
 
 def rlhfv_records(items: Iterable[dict[str, Any]], ds_name: str) -> list[dict[str, Any]]:

@@ -45,3 +45,19 @@ def trim_torn_line(path: str | Path) -> None:
     if data and not data.endswith(b"\n"):
         with path.open("rb+") as handle:
             handle.truncate(data.rfind(b"\n") + 1)
+
+
+def read_jsonl_by(path: str | Path, key: str) -> dict[str, dict[str, Any]]:
+    """Records of an append-only JSONL file by `record[key]` (later wins); a torn last line is ignored."""
+    records: dict[str, dict[str, Any]] = {}
+    path = Path(path)
+    if not path.exists():
+        return records
+    with path.open() as handle:
+        for line in handle:
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError:
+                continue
+            records[record[key]] = record
+    return records

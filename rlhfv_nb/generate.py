@@ -21,7 +21,7 @@ from transformers import PreTrainedModel, ProcessorMixin
 from rlhfv_nb.config import Config
 from rlhfv_nb.data import decode_image
 from rlhfv_nb.features import prompt_text
-from rlhfv_nb.files import trim_torn_line
+from rlhfv_nb.files import read_jsonl_by, trim_torn_line
 
 
 @dataclass(frozen=True)
@@ -57,15 +57,7 @@ def eval_settings(cfg: Config) -> GenerationSettings:
 
 def read_answers(path: Path) -> dict[str, dict[str, Any]]:
     """Answers by id; a truncated last line (a kill mid-write) is ignored."""
-    answers: dict[str, dict[str, Any]] = {}
-    if Path(path).exists():
-        for line in Path(path).read_text().splitlines():
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError:
-                continue
-            answers[record["id"]] = record
-    return answers
+    return read_jsonl_by(path, "id")
 
 
 def _check_settings(path: Path, settings: GenerationSettings) -> None:

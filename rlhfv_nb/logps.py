@@ -19,7 +19,7 @@ from transformers import PreTrainedModel, ProcessorMixin
 
 from rlhfv_nb.ddpo import token_logps
 from rlhfv_nb.features import PairCollator
-from rlhfv_nb.files import trim_torn_line
+from rlhfv_nb.files import read_jsonl_by, trim_torn_line
 
 CACHE_FORMAT = 1
 
@@ -65,17 +65,7 @@ def cache_path(cache_dir: Path, model_path: str | Path, rows: list[dict[str, Any
 
 def read_cache(path: Path) -> dict[str, dict[str, list[float]]]:
     """Entries by uid; a truncated last line (a kill mid-write) is ignored."""
-    entries: dict[str, dict[str, list[float]]] = {}
-    if not path.exists():
-        return entries
-    with path.open() as handle:
-        for line in handle:
-            try:
-                entry = json.loads(line)
-            except json.JSONDecodeError:
-                continue
-            entries[entry["uid"]] = entry
-    return entries
+    return read_jsonl_by(path, "uid")
 
 
 @torch.no_grad()

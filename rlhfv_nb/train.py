@@ -116,20 +116,26 @@ def _run(trainer: Trainer, output_dir: Path, processor: ProcessorMixin) -> Path:
     return final
 
 
+def _train(trainer_cls: type[Trainer], model: PreTrainedModel, processor: ProcessorMixin, rows: datasets.Dataset,
+           collator: Any, cfg: TrainConfig, model_cfg: ModelConfig, output_dir: Path, seed: int, **extra: Any) -> Path:
+    """Prepare the model (checkpointing, k-bit, LoRA), train with `trainer_cls`, save; returns the model folder."""
+    trainer = trainer_cls(
+        model=prepare_for_training(model, model_cfg),
+        args=training_arguments(cfg, output_dir, seed),
+        train_dataset=rows,
+        data_collator=collator,
+        callbacks=[JsonlLogger(Path(output_dir) / "log.jsonl")],
+        **extra,
+    )
+    return _run(trainer, output_dir, processor)
+
+
 def train_sft(
     model: PreTrainedModel, processor: ProcessorMixin, rows: datasets.Dataset, cfg: TrainConfig,
     model_cfg: ModelConfig, output_dir: Path, seed: int,
 ) -> Path:
     """Supervised fine-tuning on rows with `image`, `question`, `answer_ids`. Returns the saved model folder."""
-    model = prepare_for_training(model, model_cfg)
-    trainer = Trainer(
-        model=model,
-        args=training_arguments(cfg, output_dir, seed),
-        train_dataset=rows,
-        data_collator=SFTCollator(processor),
-        callbacks=[JsonlLogger(Path(output_dir) / "log.jsonl")],
-    )
-    return _run(trainer, output_dir, processor)
+    return _train(Trainer, model, processor, rows, SFTCollator(processor), cfg, model_cfg, output_dir, seed)
 
 
 class DDPOTrainer(Trainer):
@@ -190,13 +196,5 @@ def train_ddpo(
     model_cfg: ModelConfig, output_dir: Path, seed: int,
 ) -> Path:
     """DDPO on pairs carrying ids, dense weights and reference log-probs. Returns the saved model folder."""
-    model = prepare_for_training(model, model_cfg)
-    trainer = DDPOTrainer(
-        model=model,
-        args=training_arguments(cfg, output_dir, seed),
-        train_dataset=pairs,
-        data_collator=PairCollator(processor),
-        callbacks=[JsonlLogger(Path(output_dir) / "log.jsonl")],
-        ddpo=cfg,
-    )
-    return _run(trainer, output_dir, processor)
+    return _train(DDPOTrainer, model, processor, pairs, PairCollator(processor), cfg, model_cfg, output_dir, seed,
+                  ddpo=cfg)
