@@ -194,7 +194,7 @@ class Config:
     data: DataConfig = field(default_factory=DataConfig)
     sft: SFTConfig = field(default_factory=lambda: SFTConfig(epochs=8.0, batch_size=32, lr=2e-3))
     feedback: FeedbackConfig = field(default_factory=FeedbackConfig)
-    ddpo: DDPOConfig = field(default_factory=lambda: DDPOConfig(epochs=2.0, batch_size=16, lr=2e-4))
+    ddpo: DDPOConfig = field(default_factory=lambda: DDPOConfig(epochs=2.0, batch_size=16, lr=5e-5, sft_weight=1.0))
     evaluation: EvalConfig = field(default_factory=EvalConfig)
     demo: DemoConfig = field(default_factory=DemoConfig)
     launch: LaunchConfig = field(default_factory=LaunchConfig)
