@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import platform
 import resource
@@ -128,8 +127,11 @@ def markdown_table(header: Sequence[str], rows: Iterable[Sequence[Any]]) -> str:
     return "\n".join(lines)
 
 
-def write_json(path: Path, data: Any) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(data, indent=1, default=str) + "\n")
-    return path
+def recorded_args(args: Any) -> dict[str, str]:
+    """Command-line arguments as recorded in a results file; paths inside the repository are made relative."""
+    out = {}
+    for key, value in vars(args).items():
+        if isinstance(value, Path) and value.resolve().is_relative_to(ROOT):
+            value = value.resolve().relative_to(ROOT)
+        out[key] = str(value)
+    return out

@@ -22,12 +22,13 @@ from typing import Any
 
 import torch
 
-from bench.common import RESULTS, machine, markdown_table, median, write_json
+from bench.common import RESULTS, machine, markdown_table, median, recorded_args
 from bench.synthetic import coco_responses, world_responses
 from rlhfv_nb import world
 from rlhfv_nb.config import ModelConfig, TinyModelConfig
 from rlhfv_nb.data import encode_image
 from rlhfv_nb.evaluate.chair import score_responses
+from rlhfv_nb.files import write_json
 from rlhfv_nb.generate import GenerationSettings, generate_answers
 from rlhfv_nb.modeling import build_tiny_model, count_parameters, load_model, load_processor
 
@@ -115,7 +116,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         gen = generation(args, Path(work))
     scores = chair(args)
     name = "tiny" if args.model == "tiny" else Path(args.model).name
-    report = {"model": name, "args": {k: str(v) for k, v in vars(args).items()}, "machine": machine(),
+    report = {"model": name, "args": recorded_args(args), "machine": machine(),
               "generation": gen, "chair": scores}
     path = write_json(args.results_dir / f"eval_throughput-{name}.json", report)
     print(f"## generation: {name} ({gen[0]['params']:,} parameters), {args.items} items, greedy, "

@@ -24,11 +24,12 @@ import datasets  # noqa: E402
 import torch  # noqa: E402
 from transformers import TrainerCallback  # noqa: E402
 
-from bench.common import cuda_peak_mib, peak_rss_mib, rss_mib, write_json  # noqa: E402
+from bench.common import cuda_peak_mib, peak_rss_mib, rss_mib  # noqa: E402
 from rlhfv_nb.config import DDPOConfig, LoraConfig, ModelConfig, load_config  # noqa: E402
 from rlhfv_nb.data import decode_image, read_parquet  # noqa: E402
 from rlhfv_nb.ddpo import ddpo_loss  # noqa: E402
 from rlhfv_nb.features import PairCollator, response_ids  # noqa: E402
+from rlhfv_nb.files import write_json  # noqa: E402
 from rlhfv_nb.logps import read_cache, reference_logps  # noqa: E402
 from rlhfv_nb.modeling import count_parameters, load_model, load_processor  # noqa: E402
 from rlhfv_nb.pipeline import ddpo_dataset  # noqa: E402

@@ -20,12 +20,13 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from bench.common import RESULTS, machine, markdown_table, median, ratio, run_child, write_json
+from bench.common import RESULTS, machine, markdown_table, median, ratio, recorded_args, run_child
 from bench.synthetic import world_pairs
 from bench.train_arms import ArmSpec
 from rlhfv_nb.config import ModelConfig, TinyModelConfig
 from rlhfv_nb.data import read_parquet, write_parquet
 from rlhfv_nb.features import prompt_length, response_ids
+from rlhfv_nb.files import write_json
 from rlhfv_nb.modeling import build_tiny_model, load_processor
 
 SHAPES = {
@@ -256,7 +257,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         if not args.work_dir:
             shutil.rmtree(work, ignore_errors=True)
     summary = summarise(runs)
-    report = {"variant": variant(args), "args": {k: str(v) for k, v in vars(args).items()}, "machine": machine(),
+    report = {"variant": variant(args), "args": recorded_args(args), "machine": machine(),
               "settings": {k: v for k, v in asdict(spec).items() if k not in ("arm", "work_dir", "eval_reference")},
               "params": runs[0]["params"], "summary": summary,
               "targets": targets(summary, full=not (args.lora or args.qlora)), "runs": runs}

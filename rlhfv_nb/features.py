@@ -47,6 +47,17 @@ def prompt_length(processor: ProcessorMixin, question: str, image_data: bytes) -
     return len(encoded["input_ids"][0])
 
 
+def encode_prompts(processor: ProcessorMixin, images: Sequence[Any], questions: Sequence[str], padding_side: str):
+    """The processor's batch (ids, attention mask, pixel values, ...) for chat-templated prompts."""
+    return processor(
+        text=[prompt_text(processor, q) for q in questions],
+        images=[decode_image(data) for data in images],
+        return_tensors="pt",
+        padding=True,
+        padding_side=padding_side,
+    )
+
+
 @dataclass
 class Sequences:
     """Right-padded prompt+response batch with processor extras (pixel values, grid sizes)."""
@@ -61,13 +72,7 @@ def build_batch(
 ) -> Sequences:
     """Model inputs for `prompt + response` sequences; labels mask everything but the response tokens."""
     tokenizer = processor.tokenizer
-    encoded = processor(
-        text=[prompt_text(processor, q) for q in questions],
-        images=[decode_image(data) for data in images],
-        return_tensors="pt",
-        padding=True,
-        padding_side="right",
-    )
+    encoded = encode_prompts(processor, images, questions, padding_side="right")
     prompt_ids = [ids[mask.bool()].tolist() for ids, mask in zip(encoded["input_ids"], encoded["attention_mask"])]
     sequences = [p + list(r) for p, r in zip(prompt_ids, responses)]
     width = max(len(s) for s in sequences)

@@ -19,8 +19,7 @@ from tqdm.auto import tqdm
 from transformers import PreTrainedModel, ProcessorMixin
 
 from rlhfv_nb.config import Config
-from rlhfv_nb.data import decode_image
-from rlhfv_nb.features import prompt_text
+from rlhfv_nb.features import encode_prompts
 from rlhfv_nb.files import read_jsonl_by, trim_torn_line
 
 
@@ -77,13 +76,7 @@ def generate_batch(
     settings: GenerationSettings,
 ) -> list[dict[str, Any]]:
     """Answers for one batch: text and number of new tokens."""
-    encoded = processor(
-        text=[prompt_text(processor, q) for q in questions],
-        images=[decode_image(data) for data in images],
-        return_tensors="pt",
-        padding=True,
-        padding_side="left",
-    )
+    encoded = encode_prompts(processor, images, questions, padding_side="left")
     device = next(model.parameters()).device
     encoded = {key: value.to(device) for key, value in encoded.items()}
     tokenizer = processor.tokenizer
