@@ -7,6 +7,7 @@ few DDPO steps on a fixed batch lower the loss.
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
 import math
 import random
@@ -239,7 +240,7 @@ def ddpo_setup(tmp_path_factory):
     from rlhfv_nb.pipeline import ddpo_dataset, tokenise_pairs
 
     params = make_run(tmp_path_factory.mktemp("ddpo") / "run", pairs=4)
-    params["ddpo"].update(max_steps=5, batch_size=4, lr=2e-3, use_average=False)
+    params["ddpo"].update(max_steps=5, batch_size=4, lr=2e-3, use_average=False, sft_weight=0.0)  # the pure DDPO loss
     cfg = load_config(params)
     processor = load_processor(cfg.run_path / "base", cfg.model)
     model = load_model(cfg.run_path / "base", cfg.model)
@@ -287,3 +288,13 @@ def test_ddpo_steps_lower_the_loss_on_a_fixed_batch(ddpo_setup, tmp_path):
     assert metrics["rewards/margins"] > 0
     log = [r for r in read_log(tmp_path / "ddpo" / "log.jsonl") if "ddpo_loss" in r]
     assert len(log) == cfg.ddpo.max_steps and log[0]["ddpo_loss"] == pytest.approx(math.log(2), abs=1e-5)
+
+
+def test_sft_term_subtracts_alpha_times_chosen_score(ddpo_setup):
+    cfg, model, processor, pairs = ddpo_setup
+    alpha = 0.5
+    cfg = dataclasses.replace(cfg, ddpo=dataclasses.replace(cfg.ddpo, sft_weight=alpha))
+    loss, metrics = _batch_loss(cfg, model, processor, pairs)
+    # upstream's optional term: loss = DDPO loss - alpha * mean S_pi(chosen)
+    assert loss == pytest.approx(metrics["ddpo_loss"] - alpha * metrics["logps/chosen"], rel=1e-5)
+    assert loss != pytest.approx(metrics["ddpo_loss"], rel=1e-3)  # the term is not negligible here
