@@ -40,6 +40,8 @@ class TinyModelConfig:
     intermediate_size: int = 256
     vocab_size: int = 384
     max_position_embeddings: int = 256
+    vision_pretrain_steps: int = 600  # tag-pretraining of the vision tower on world images (0: none)
+    vision_pretrain_lr: float = 2e-3
 
 
 @dataclass
@@ -66,6 +68,7 @@ class ModelConfig:
     lora: LoraConfig = field(default_factory=LoraConfig)
     gradient_checkpointing: bool = False
     trust_remote_code: bool = False
+    freeze_vision: bool = True  # keep the vision tower fixed in SFT and DDPO (as LLaVA-1.5 does)
 
 
 @dataclass
@@ -76,8 +79,8 @@ class DataConfig:
     preferences: str = "feedback"  # "feedback" (collected after SFT) | hub id | local path
     world: dict[str, Any] = field(default_factory=dict)  # rlhfv_nb.world.WorldConfig overrides
     sft_images: int = 1500
-    feedback_images: int = 600
-    eval_images: int = 200
+    feedback_images: int = 2000
+    eval_images: int = 500
     max_pairs: int | None = None
     max_length: int = 192
     on_bad_row: str = "skip"  # skip | error
@@ -117,7 +120,7 @@ class FeedbackConfig:
     """Simulated correctional feedback on the synthetic world (the annotator of RLHF-V)."""
 
     samples_per_image: int = 2
-    temperature: float = 1.0
+    temperature: float = 0.7
     top_p: float = 1.0
     max_new_tokens: int = 64
     batch_size: int = 32
@@ -194,7 +197,7 @@ class Config:
     data: DataConfig = field(default_factory=DataConfig)
     sft: SFTConfig = field(default_factory=lambda: SFTConfig(epochs=8.0, batch_size=32, lr=2e-3))
     feedback: FeedbackConfig = field(default_factory=FeedbackConfig)
-    ddpo: DDPOConfig = field(default_factory=lambda: DDPOConfig(epochs=2.0, batch_size=16, lr=5e-5, sft_weight=1.0))
+    ddpo: DDPOConfig = field(default_factory=lambda: DDPOConfig(epochs=3.0, batch_size=16, lr=5e-4, sft_weight=1.0))
     evaluation: EvalConfig = field(default_factory=EvalConfig)
     demo: DemoConfig = field(default_factory=DemoConfig)
     launch: LaunchConfig = field(default_factory=LaunchConfig)

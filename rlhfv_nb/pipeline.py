@@ -82,7 +82,7 @@ def prepare_data(cfg: Config) -> dict[str, Any]:
         wcfg = world_config(cfg)
         sft_rows = [
             {"uid": f"sft-{i}", "image": encode_image(row["image"]), "question": row["question"],
-             "answer": row["answer"], "qtype": row["qtype"]}
+             "answer": row["answer"], "qtype": row["qtype"], "scene": json.dumps(row["scene"])}
             for i, row in enumerate(world.make_sft_rows(wcfg, cfg.data.sft_images, cfg.seed))
         ]
         eval_scenes = world.make_fresh_scenes(wcfg, cfg.data.eval_images, cfg.seed + 2)
@@ -119,7 +119,27 @@ def base_model_path(cfg: Config) -> str:
         rows = read_parquet(cfg.run_path / "data" / "sft.parquet")
         corpus = [f"USER: <image>\n{q} ASSISTANT: {a}</s>" for q, a in zip(rows["question"], rows["answer"])]
         build_tiny_model(corpus, cfg.model.tiny, path, cfg.seed)
+        if cfg.model.tiny.vision_pretrain_steps and "scene" in rows.column_names:
+            pretrain_world_vision(cfg, rows, path)
     return str(path)
+
+
+def pretrain_world_vision(cfg: Config, rows: datasets.Dataset, path: Path) -> list[float]:
+    """Pretrain the tiny base model's vision tower on the SFT images' object tags (`rlhfv_nb.vision_pretrain`)."""
+    from rlhfv_nb.vision_pretrain import pretrain_vision_tower
+
+    wcfg = world_config(cfg)
+    first = {}  # one row per image: the SFT split repeats each image for its questions
+    for image, scene in zip(rows["image"], rows["scene"]):
+        first.setdefault(scene, image["bytes"])
+    cells = [world.cell_classes(world.Scene.from_dict(json.loads(s)), wcfg) for s in first]
+    model, processor = load_model(path, cfg.model), load_processor(path, cfg.model)
+    tiny = cfg.model.tiny
+    losses = pretrain_vision_tower(model, processor, list(first.values()), cells, world.num_cell_classes(wcfg),
+                                   tiny.vision_pretrain_steps, tiny.vision_pretrain_lr, seed=cfg.seed)
+    model.save_pretrained(path)
+    write_json(path / "vision_pretrain.json", {"steps": len(losses), "losses": losses})
+    return losses
 
 
 def sft_model_path(cfg: Config) -> str:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 from collections import defaultdict
 from pathlib import Path
 from typing import Any
@@ -23,6 +24,7 @@ from rlhfv_nb.ddpo import ddpo_loss, sequence_logps, token_logps
 from rlhfv_nb.features import PairCollator, SFTCollator
 
 log = logging.getLogger(__name__)
+VISION_TOWER = re.compile(r"(^|\.)(vision_tower|visual|vision_model)\.")  # LLaVA, Qwen-VL, Idefics/SmolVLM
 
 
 class JsonlLogger(TrainerCallback):
@@ -80,7 +82,11 @@ def training_arguments(cfg: TrainConfig, output_dir: Path, seed: int) -> Trainin
 
 
 def prepare_for_training(model: PreTrainedModel, cfg: ModelConfig) -> PreTrainedModel:
-    """Gradient checkpointing, k-bit preparation and LoRA adapters as the model section asks."""
+    """Frozen vision tower, gradient checkpointing, k-bit preparation and LoRA adapters as the model section asks."""
+    if cfg.freeze_vision:
+        for name, param in model.named_parameters():
+            if VISION_TOWER.search(name):
+                param.requires_grad_(False)
     if cfg.load_in_4bit:
         from peft import prepare_model_for_kbit_training
 

@@ -68,18 +68,23 @@ class WorldConfig:
         ("purple", (140, 55, 175)),
     )
     companions: tuple[tuple[str, str], ...] = (("tent", "star"), ("kite", "stick"), ("box", "ball"))
-    companion_rate_sft: float = 0.9
+    companion_rate_sft: float = 0.5
     companion_rate_fresh: float = 0.2
     min_objects: int = 1
     max_objects: int = 4
     background: Color = (236, 236, 228)
     noise: int = 6  # background noise amplitude, +-noise per pixel
     synonym_rate: float = 0.2  # how often a description names an object by a synonym
+    # How often an SFT caption also names the usual companion of a present object when it is absent (in an
+    # empty cell): captions written from expectation, as LLM-written instruction data does.
+    caption_companion_rate: float = 0.8
+    templates: tuple[str, ...] = ("There is {obj} {place}.", "{Obj} is {place}.", "{Place}, there is {obj}.")
 
     def __post_init__(self) -> None:
         for name in ("kinds", "synonyms", "colors", "companions"):
             object.__setattr__(self, name, _pairs(getattr(self, name)))
         object.__setattr__(self, "background", tuple(self.background))
+        object.__setattr__(self, "templates", tuple(self.templates))
         self._validate()
 
     def _validate(self) -> None:
@@ -282,7 +287,6 @@ _PLACES = {  # (vertical, horizontal) region -> phrase; regions are 0/1/2 = top|
     (2, 1): "at the bottom",
     (2, 2): "in the bottom right",
 }
-_TEMPLATES = ("There is {obj} {place}.", "{Obj} is {place}.", "{Place}, there is {obj}.")
 _NUMBERS = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine", "ten")
 _SENTENCE = re.compile(r"[^.!?]*[.!?]+\s*|[^.!?]+")
 _JOINER = re.compile(r"(?:\s*,)?(?:\s+and)?\s*$")  # what joins a removed phrase to the one before
@@ -316,7 +320,7 @@ def describe(scene: Scene, rng: random.Random, cfg: WorldConfig | None = None) -
             noun = rng.choice(synonyms[obj.kind])
         phrase = f"{_article(obj.color)} {obj.color} {noun}"
         place = place_phrase(obj, cfg)
-        template = rng.choice(_TEMPLATES)
+        template = rng.choice(cfg.templates)
         sentences.append(
             template.format(obj=phrase, Obj=_capitalise(phrase), place=place, Place=_capitalise(place))
         )
@@ -349,7 +353,28 @@ def short_questions(scene: Scene, rng: random.Random, cfg: WorldConfig) -> list[
     qas.append(ShortQA(f"What color is the {obj.kind}?", f"{_capitalise(obj.color)}.", "color"))
     count = _capitalise(_number(len(scene.objects)))
     qas.append(ShortQA("How many objects are there in the image?", f"{count}.", "count"))
+    by_cell = {(o.row, o.col): o for o in scene.objects}
+    for row in range(cfg.grid):
+        for col in range(cfg.grid):
+            obj = by_cell.get((row, col))
+            place = place_phrase(WorldObject("", "", row, col), cfg)
+            answer = f"{_capitalise(_article(obj.color))} {obj.color} {obj.kind}." if obj else "Nothing."
+            qas.append(ShortQA(f"What is {place}?", answer, "cell"))
     return qas
+
+
+def num_cell_classes(cfg: WorldConfig) -> int:
+    """Classes of `cell_classes`: every (kind, colour) pair, plus "empty"."""
+    return len(cfg.kinds) * len(cfg.colors) + 1
+
+
+def cell_classes(scene: Scene, cfg: WorldConfig) -> list[list[int]]:
+    """The scene as a `grid x grid` table of class ids: one per (kind, colour) pair, the last one for "empty"."""
+    empty = num_cell_classes(cfg) - 1
+    table = [[empty] * cfg.grid for _ in range(cfg.grid)]
+    for obj in scene.objects:
+        table[obj.row][obj.col] = cfg.kind_names.index(obj.kind) * len(cfg.colors) + cfg.color_names.index(obj.color)
+    return table
 
 
 def synonyms_text(cfg: WorldConfig) -> str:
@@ -434,6 +459,22 @@ def correct_description(answer: str, scene: Scene, cfg: WorldConfig) -> str:
 # ---------------------------------------------------------------- datasets
 
 
+def expected_scene(scene: Scene, rng: random.Random, cfg: WorldConfig) -> Scene:
+    """The scene as a caption writer who expects companions sees it: each absent companion of a present kind
+    is added in a free cell with probability `caption_companion_rate` (the SFT captions' hallucinations)."""
+    companion_of = dict(cfg.companions)
+    kinds = scene.kinds
+    taken = {(o.row, o.col) for o in scene.objects}
+    free = [(r, c) for r in range(cfg.grid) for c in range(cfg.grid) if (r, c) not in taken]
+    added = []
+    for obj in scene.objects:
+        companion = companion_of.get(obj.kind)
+        if companion and companion not in kinds and free and rng.random() < cfg.caption_companion_rate:
+            row, col = free.pop(rng.randrange(len(free)))
+            added.append(WorldObject(companion, rng.choice(cfg.color_names), row, col))
+    return Scene(scene.objects + tuple(added))
+
+
 def make_sft_rows(
     cfg: WorldConfig, n_images: int, seed: int, short_per_image: tuple[int, int] = (1, 2)
 ) -> list[dict]:
@@ -452,7 +493,7 @@ def make_sft_rows(
             {
                 "image": image,
                 "question": rng.choice(DESCRIBE_PROMPTS),
-                "answer": describe(scene, rng, cfg),
+                "answer": describe(expected_scene(scene, rng, cfg), rng, cfg),
                 "scene": info,
                 "qtype": "describe",
             }

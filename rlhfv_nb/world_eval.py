@@ -1,7 +1,8 @@
 """Held-out evaluation on the synthetic world with the same CHAIR and POPE code as the real benchmarks.
 
 Description prompts are scored by CHAIR against each scene's known objects (vocabulary and synonyms
-from the world); existence questions by the POPE metrics; colour and count questions by exact match.
+from the world); existence questions by the POPE metrics; colour, count and "what is in the top left?"
+(cell) questions by exact match.
 """
 
 from __future__ import annotations
@@ -35,7 +36,7 @@ def eval_items(cfg: Config) -> list[dict[str, Any]]:
 def score_world(
     items: list[dict[str, Any]], answers: dict[str, str], vocab: ChairVocabulary
 ) -> tuple[dict, ChairResult]:
-    """CHAIR on descriptions, POPE metrics on existence questions, accuracy on colour/count questions."""
+    """CHAIR on descriptions, POPE metrics on existence questions, accuracy on colour/count/cell questions."""
     describe = [i for i in items if i["qtype"] == "describe"]
     chair = score_responses(
         {i["image_id"]: answers[i["id"]] for i in describe},
@@ -45,7 +46,7 @@ def score_world(
     exists = [{"question_id": i["id"], "label": i["label"]} for i in items if i["qtype"] == "exists"]
     pope = score_answers(exists, answers)
     summary = {"chair": chair.summary, "pope": pope}
-    for qtype in ("color", "count"):
+    for qtype in ("color", "count", "cell"):
         asked = [i for i in items if i["qtype"] == qtype]
         if asked:
             right = sum(_norm(answers[i["id"]]) == _norm(i["answer"]) for i in asked)

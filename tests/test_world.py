@@ -12,10 +12,13 @@ from rlhfv_nb.world import (
     Scene,
     WorldConfig,
     WorldObject,
+    cell_classes,
     correct_description,
     describe,
+    expected_scene,
     make_fresh_scenes,
     make_sft_rows,
+    num_cell_classes,
     place_phrase,
     render,
     sample_scene,
@@ -128,7 +131,7 @@ def test_short_questions_balanced_and_adversarial():
     yes = sum(qa.label == "yes" for qa in exists)
     assert yes == len(exists) - yes
     assert {qa.probe for qa in exists} == {"present", "random", "adversarial"}
-    assert {qa.type for qa in qas} == {"exists", "color", "count"}
+    assert {qa.type for qa in qas} == {"exists", "color", "count", "cell"}
     for qa in exists:
         assert qa.answer == {"yes": "Yes.", "no": "No."}[qa.label]
 
@@ -144,6 +147,9 @@ def test_short_question_answers_are_true():
             elif qa.type == "color":
                 kind = qa.question.split()[-1].rstrip("?")
                 assert qa.answer == next(o.color for o in scene.objects if o.kind == kind).capitalize() + "."
+            elif qa.type == "cell":
+                there = [o for o in scene.objects if place_phrase(o, CFG) in qa.question]
+                assert qa.answer == (f"A {there[0].color} {there[0].kind}." if there else "Nothing.")
 
 
 def test_sft_rows():
@@ -235,3 +241,27 @@ def test_synonyms_text_format():
         assert all(names) and names[0] in CFG.kind_names
         table.update({w: names[0] for w in names})
     assert table == CFG.lexicon
+
+
+def test_cell_classes_label_every_cell():
+    scene = Scene((WorldObject("tent", "red", 0, 0), WorldObject("ball", "blue", 1, 1)))
+    table = cell_classes(scene, CFG)
+    colours = len(CFG.colors)
+    empty = num_cell_classes(CFG) - 1
+    assert empty == len(CFG.kinds) * colours
+    assert table == [[CFG.kind_names.index("tent") * colours + CFG.color_names.index("red"), empty],
+                     [empty, CFG.kind_names.index("ball") * colours + CFG.color_names.index("blue")]]
+
+
+def test_expected_scene_adds_absent_companions_in_free_cells():
+    tent_only = Scene((WorldObject("tent", "red", 0, 0),))
+    always = WorldConfig(caption_companion_rate=1.0)
+    expected = expected_scene(tent_only, random.Random(0), always)
+    assert expected.kinds == {"tent", "star"}
+    assert {(o.row, o.col) for o in expected.objects} <= {(r, c) for r in range(2) for c in range(2)}
+    assert len({(o.row, o.col) for o in expected.objects}) == 2
+    assert expected_scene(tent_only, random.Random(0), CFG) == tent_only  # rate 0: captions are true
+    full = Scene(tuple(WorldObject(k, "red", i // 2, i % 2) for i, k in enumerate(["tent", "ball", "ring", "cross"])))
+    assert expected_scene(full, random.Random(0), always) == full  # no free cell: nothing to add
+    both = Scene((WorldObject("tent", "red", 0, 0), WorldObject("star", "blue", 1, 1)))
+    assert expected_scene(both, random.Random(0), always) == both  # companion already there
