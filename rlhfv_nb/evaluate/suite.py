@@ -93,8 +93,12 @@ def _columns(bench: str, m: dict[str, Any]) -> dict[str, Any]:
         return {f"{p} Resp. (CHAIRs_refine)": _pct(m["CHAIRs_refine"]), f"{p} Mention (CHAIRi)": _pct(m["CHAIRi"]),
                 f"{p} CHAIRs": _pct(m["CHAIRs"]), f"{p} recall": _pct(m["recall"]), f"{p} avg_len": m["avg_len"]}
     if bench in ("pope", "world_pope"):
-        return {f"POPE {split} {name}": _pct(s[key]) for split, s in m["splits"].items()
-                for name, key in (("acc", "accuracy"), ("F1", "f1"), ("yes-ratio", "yes_ratio"))}
+        cells = {f"POPE {split} {name}": _pct(s[key]) for split, s in m["splits"].items()
+                 for name, key in (("acc", "accuracy"), ("F1", "f1"), ("yes-ratio", "yes_ratio"))}
+        # the world's other short questions (colour, count, cell): does alignment keep them?
+        cells.update({f"World {key.removesuffix('_accuracy')} acc": _pct(value) for key, value in m.items()
+                      if key.endswith("_accuracy")})
+        return cells
     if bench == "mmhal_bench":
         return {"MMHal score": m["score"], paper.MMHAL_INFO: m["informativeness"],
                 paper.MMHAL_HALL: _pct(m["hallucination_rate"])}
