@@ -40,3 +40,25 @@ def test_eval_throughput_minimal(tmp_path, capsys):
     assert all(g["new_tokens"] > 0 for g in report["generation"])
     assert [c["vocabulary"] for c in report["chair"]] == ["world", "coco"]
     assert "responses/s" in capsys.readouterr().out
+
+
+def test_cpu_tiny_seeds_summary(tmp_path):
+    """Relative changes per seed and the mean over seeds, from the table a finished run's notebook 04 writes."""
+    from bench import cpu_tiny_seeds
+
+    def run(seed: int, sft_chair: float, ddpo_chair: float) -> dict:
+        row = dict.fromkeys(cpu_tiny_seeds.COLUMNS, 50.0)
+        table = {"SFT": {**row, "World Resp. (CHAIRs_refine)": sft_chair},
+                 "DDPO gamma=5": {**row, "World Resp. (CHAIRs_refine)": ddpo_chair, "World recall": 45.0}}
+        (tmp_path / str(seed)).mkdir()
+        (tmp_path / str(seed) / "metrics.json").write_text(json.dumps({"evaluation": {"table": table}}))
+        return cpu_tiny_seeds.seed_result(tmp_path / str(seed))
+
+    results = [run(0, 20.0, 10.0), run(1, 40.0, 10.0)]
+    assert results[0]["DDPO gamma=5"]["CHAIRs vs SFT"] == pytest.approx(-0.5)
+    assert results[1]["DDPO gamma=5"]["CHAIRs vs SFT"] == pytest.approx(-0.75)
+    assert results[0]["DDPO gamma=5"]["recall vs SFT"] == pytest.approx(-0.1)
+    mean = cpu_tiny_seeds.mean_over(results)
+    assert mean["DDPO gamma=5"]["CHAIRs vs SFT"] == pytest.approx(-0.625)  # mean of the seeds' changes
+    assert mean["DDPO gamma=5"]["CHAIRs vs SFT (of means)"] == pytest.approx(10 / 30 - 1)  # change of the means
+    assert "| DDPO gamma=5 | 10.0 |" in cpu_tiny_seeds.markdown(mean, "mean")
