@@ -119,7 +119,8 @@ class SFTConfig(TrainConfig):
 class FeedbackConfig:
     """Simulated correctional feedback on the synthetic world (the annotator of RLHF-V)."""
 
-    samples_per_image: int = 2
+    samples_per_image: int = 2  # sampled descriptions per fresh image
+    short_questions: int = 1  # short questions (yes/no, colour, count, cell) asked per fresh image
     temperature: float = 0.7
     top_p: float = 1.0
     max_new_tokens: int = 64

@@ -170,31 +170,43 @@ def run_sft(cfg: Config) -> str:
 def collect_feedback(cfg: Config, model=None, processor=None) -> dict[str, Any]:
     """RLHF-V-style correctional feedback on the synthetic world, written in the RLHF-V-Dataset schema.
 
-    The SFT model answers description prompts on fresh images; the simulated annotator corrects the
-    hallucinated segments against the known objects; the original is `rejected`, the correction
-    `chosen`. The pairs then go through the same loader as hub data.
+    The SFT model answers description prompts (and `feedback.short_questions` short questions) on fresh
+    images; the simulated annotator corrects the hallucinated segments against the known objects (a wrong
+    short answer is replaced by the right one); the original is `rejected`, the correction `chosen`. The
+    pairs then go through the same loader as hub data.
     """
     wcfg = world_config(cfg)
     path = sft_model_path(cfg)
     processor = processor or load_processor(path, cfg.model)
     model = model or load_model(path, cfg.model)
     scenes = [world.Scene.from_dict(s) for s in read_json(cfg.run_path / "data" / "feedback_scenes.json")]
-    rng = random.Random(cfg.seed + 4)
+    rng, short_rng = random.Random(cfg.seed + 4), random.Random(cfg.seed + 5)
     images = [encode_image(world.render(scene, wcfg)) for scene in scenes]
     items = [
-        {"id": f"{i}-{k}", "image": images[i], "question": rng.choice(world.DESCRIBE_PROMPTS), "scene": i}
+        {"id": f"{i}-{k}", "image": images[i], "question": rng.choice(world.DESCRIBE_PROMPTS), "scene": i, "qa": None}
         for i in range(len(scenes)) for k in range(cfg.feedback.samples_per_image)
     ]
+    for i, scene in enumerate(scenes):
+        asked = short_rng.sample(world.short_questions(scene, short_rng, wcfg), cfg.feedback.short_questions)
+        items += [{"id": f"{i}-q{k}", "image": images[i], "question": qa.question, "scene": i, "qa": qa}
+                  for k, qa in enumerate(asked)]
     settings = GenerationSettings(max_new_tokens=cfg.feedback.max_new_tokens, do_sample=True,
                                   temperature=cfg.feedback.temperature, top_p=cfg.feedback.top_p, seed=cfg.seed)
     out = cfg.run_path / "feedback"
     answers = generate_answers(model, processor, items, settings, out / "answers.jsonl", cfg.feedback.batch_size)
     pairs, unchanged = [], 0
+    corrected_by_type: dict[str, int] = {}
     for item, answer in zip(items, answers):
-        corrected = world.correct_description(answer["answer"], scenes[item["scene"]], wcfg)
+        qa = item["qa"]
+        if qa is None:
+            corrected = world.correct_description(answer["answer"], scenes[item["scene"]], wcfg)
+        else:
+            corrected = world.correct_short_answer(answer["answer"], qa)
         if corrected.strip() == answer["answer"].strip():
             unchanged += 1
             continue
+        qtype = "describe" if qa is None else qa.type
+        corrected_by_type[qtype] = corrected_by_type.get(qtype, 0) + 1
         pairs.append({"image": item["image"], "question": item["question"], "chosen": corrected,
                       "rejected": answer["answer"], "idx": len(pairs), "image_path": f"world/{item['scene']}.png"})
     if not pairs:
@@ -204,7 +216,8 @@ def collect_feedback(cfg: Config, model=None, processor=None) -> dict[str, Any]:
                                             cfg.data.on_bad_row)
     write_parquet(normalised, cfg.run_path / "data" / "preferences.parquet")
     stats = {"answers": len(answers), "corrected": len(pairs), "already_correct": unchanged,
-             "correction_rate": len(pairs) / len(answers), "bad_rows": bad.to_dict()}
+             "correction_rate": len(pairs) / len(answers), "corrected_by_type": corrected_by_type,
+             "bad_rows": bad.to_dict()}
     write_json(out / "stats.json", stats)
     return stats
 

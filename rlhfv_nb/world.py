@@ -456,6 +456,16 @@ def correct_description(answer: str, scene: Scene, cfg: WorldConfig) -> str:
     return corrected if answer[-1:].isspace() else corrected.rstrip()
 
 
+def same_answer(answer: str, reference: str) -> bool:
+    """Short answers compared as the world scores them: case, surrounding space and a final period ignored."""
+    return answer.strip().lower().rstrip(".") == reference.strip().lower().rstrip(".")
+
+
+def correct_short_answer(answer: str, qa: ShortQA) -> str:
+    """The annotator on a short question: a wrong answer is replaced by the right one, a right one kept."""
+    return answer if same_answer(answer, qa.answer) else qa.answer
+
+
 # ---------------------------------------------------------------- datasets
 
 

@@ -14,7 +14,7 @@ from rlhfv_nb.config import Config
 from rlhfv_nb.data import read_parquet
 from rlhfv_nb.evaluate.chair import ChairResult, ChairVocabulary, score_responses
 from rlhfv_nb.evaluate.pope import score_answers
-from rlhfv_nb.world import Scene
+from rlhfv_nb.world import Scene, same_answer
 
 
 def world_vocabulary(cfg: Config) -> ChairVocabulary:
@@ -49,10 +49,7 @@ def score_world(
     for qtype in ("color", "count", "cell"):
         asked = [i for i in items if i["qtype"] == qtype]
         if asked:
-            right = sum(_norm(answers[i["id"]]) == _norm(i["answer"]) for i in asked)
+            right = sum(same_answer(answers[i["id"]], i["answer"]) for i in asked)
             summary[f"{qtype}_accuracy"] = right / len(asked)
     return summary, chair
 
-
-def _norm(text: str) -> str:
-    return text.strip().lower().rstrip(".")

@@ -14,6 +14,7 @@ from rlhfv_nb.world import (
     WorldObject,
     cell_classes,
     correct_description,
+    correct_short_answer,
     describe,
     expected_scene,
     make_fresh_scenes,
@@ -21,6 +22,7 @@ from rlhfv_nb.world import (
     num_cell_classes,
     place_phrase,
     render,
+    same_answer,
     sample_scene,
     short_questions,
     synonyms_text,
@@ -265,3 +267,11 @@ def test_expected_scene_adds_absent_companions_in_free_cells():
     assert expected_scene(full, random.Random(0), always) == full  # no free cell: nothing to add
     both = Scene((WorldObject("tent", "red", 0, 0), WorldObject("star", "blue", 1, 1)))
     assert expected_scene(both, random.Random(0), always) == both  # companion already there
+
+
+def test_short_answers_are_corrected_to_the_truth():
+    qa = next(q for q in short_questions(SCENE, random.Random(0), CFG4) if q.type == "count")
+    assert qa.answer == "Two."
+    assert correct_short_answer("Three.", qa) == "Two."
+    assert correct_short_answer(" two ", qa) == " two "  # right, in another case and spacing: kept as it is
+    assert same_answer("Yes", "yes.") and not same_answer("Yes.", "No.")
