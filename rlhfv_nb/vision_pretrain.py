@@ -2,8 +2,8 @@
 
 LLaVA starts from CLIP, Muffin from BEiT-3; a tower trained from scratch through the language loss alone
 never learns to tell the world's shapes apart (measured: kind accuracy at chance after SFT). Here the tower
-learns to tag each image patch with the object kind in its grid cell (or "empty"), then the head is thrown
-away and SFT starts from the tower's weights, as from any pretrained encoder.
+learns to tag each image patch with the class of its grid cell (the world's (kind, colour) pair, or "empty"),
+then the head is thrown away and SFT starts from the tower's weights, as from any pretrained encoder.
 """
 
 from __future__ import annotations

@@ -3,8 +3,9 @@
 Scenes are a few coloured objects on a grid; everything about them is known, so the world can
 render images, describe them (SFT answers), ask short questions, correct a model's description
 against the truth (the simulated RLHF-V annotator) and export its CHAIR vocabulary.
-Objects that co-occur in the SFT split ("companions") co-occur much less in fresh splits: a model
-trained on the SFT split learns the co-occurrence prior and hallucinates the companion.
+Objects that co-occur in the SFT split ("companions") co-occur much less in fresh splits, and most SFT
+captions name the companion even when it is absent (captions written from expectation): a model trained
+on the SFT split learns the co-occurrence prior and hallucinates the companion.
 Pure Python + PIL + numpy; every random choice comes from an explicit seed or `random.Random`.
 """
 
@@ -78,13 +79,11 @@ class WorldConfig:
     # How often an SFT caption also names the usual companion of a present object when it is absent (in an
     # empty cell): captions written from expectation, as LLM-written instruction data does.
     caption_companion_rate: float = 0.8
-    templates: tuple[str, ...] = ("There is {obj} {place}.", "{Obj} is {place}.", "{Place}, there is {obj}.")
 
     def __post_init__(self) -> None:
         for name in ("kinds", "synonyms", "colors", "companions"):
             object.__setattr__(self, name, _pairs(getattr(self, name)))
         object.__setattr__(self, "background", tuple(self.background))
-        object.__setattr__(self, "templates", tuple(self.templates))
         self._validate()
 
     def _validate(self) -> None:
@@ -287,6 +286,7 @@ _PLACES = {  # (vertical, horizontal) region -> phrase; regions are 0/1/2 = top|
     (2, 1): "at the bottom",
     (2, 2): "in the bottom right",
 }
+_TEMPLATES = ("There is {obj} {place}.", "{Obj} is {place}.", "{Place}, there is {obj}.")
 _NUMBERS = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine", "ten")
 _SENTENCE = re.compile(r"[^.!?]*[.!?]+\s*|[^.!?]+")
 _JOINER = re.compile(r"(?:\s*,)?(?:\s+and)?\s*$")  # what joins a removed phrase to the one before
@@ -296,9 +296,14 @@ def _region(i: int, grid: int) -> int:
     return 1 if grid == 1 else round(2 * i / (grid - 1))
 
 
+def cell_phrase(row: int, col: int, cfg: WorldConfig) -> str:
+    """Position phrase of a grid cell, e.g. "in the top left" or "at the bottom"."""
+    return _PLACES[_region(row, cfg.grid), _region(col, cfg.grid)]
+
+
 def place_phrase(obj: WorldObject, cfg: WorldConfig) -> str:
-    """Position phrase of an object's cell, e.g. "in the top left" or "at the bottom"."""
-    return _PLACES[_region(obj.row, cfg.grid), _region(obj.col, cfg.grid)]
+    """Position phrase of an object's cell."""
+    return cell_phrase(obj.row, obj.col, cfg)
 
 
 def _article(word: str) -> str:
@@ -320,7 +325,7 @@ def describe(scene: Scene, rng: random.Random, cfg: WorldConfig | None = None) -
             noun = rng.choice(synonyms[obj.kind])
         phrase = f"{_article(obj.color)} {obj.color} {noun}"
         place = place_phrase(obj, cfg)
-        template = rng.choice(cfg.templates)
+        template = rng.choice(_TEMPLATES)
         sentences.append(
             template.format(obj=phrase, Obj=_capitalise(phrase), place=place, Place=_capitalise(place))
         )
@@ -332,7 +337,7 @@ def _number(n: int) -> str:
 
 
 def short_questions(scene: Scene, rng: random.Random, cfg: WorldConfig) -> list[ShortQA]:
-    """POPE-style exists questions (one yes, one no) plus a colour and a count question.
+    """POPE-style exists questions (one yes, one no), a colour and a count question, and "what is <place>?" per cell.
 
     The negative probes the absent companion of a present kind half of the time when there is
     one (adversarial), else a random absent kind.
@@ -357,9 +362,8 @@ def short_questions(scene: Scene, rng: random.Random, cfg: WorldConfig) -> list[
     for row in range(cfg.grid):
         for col in range(cfg.grid):
             obj = by_cell.get((row, col))
-            place = place_phrase(WorldObject("", "", row, col), cfg)
             answer = f"{_capitalise(_article(obj.color))} {obj.color} {obj.kind}." if obj else "Nothing."
-            qas.append(ShortQA(f"What is {place}?", answer, "cell"))
+            qas.append(ShortQA(f"What is {cell_phrase(row, col, cfg)}?", answer, "cell"))
     return qas
 
 
