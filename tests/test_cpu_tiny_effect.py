@@ -46,7 +46,7 @@ def test_the_sft_model_hallucinates(reduced_run) -> None:
     _, metrics = reduced_run
     sft = metrics["SFT"]
     assert sft["CHAIRs_refine"] >= 0.10, f"the SFT model hardly hallucinates: {sft}"
-    assert sft["recall"] >= 0.70, f"the SFT model does not see the objects: {sft}"
+    assert sft["recall"] >= 0.60, f"the SFT model does not see the objects (blind: ~0.36): {sft}"
 
 
 def test_ddpo_hallucinates_less_without_saying_less(reduced_run) -> None:
