@@ -125,7 +125,6 @@ class FeedbackConfig:
     top_p: float = 1.0
     max_new_tokens: int = 64
     batch_size: int = 32
-    keep_correct: bool = False  # keep answers that needed no correction (chosen == rejected is invalid)
 
 
 @dataclass
