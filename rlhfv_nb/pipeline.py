@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import logging
 import random
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -116,11 +117,16 @@ def base_model_path(cfg: Config) -> str:
         return cfg.model.base
     path = cfg.run_path / "base"
     if not (path / "config.json").exists():
+        # Built and pretrained in a side folder, renamed when complete: a kill mid-way leaves no half-made base.
+        partial = path.with_name("base.partial")
+        shutil.rmtree(partial, ignore_errors=True)
         rows = read_parquet(cfg.run_path / "data" / "sft.parquet")
         corpus = [f"USER: <image>\n{q} ASSISTANT: {a}</s>" for q, a in zip(rows["question"], rows["answer"])]
-        build_tiny_model(corpus, cfg.model.tiny, path, cfg.seed)
+        build_tiny_model(corpus, cfg.model.tiny, partial, cfg.seed)
         if cfg.model.tiny.vision_pretrain_steps and "scene" in rows.column_names:
-            pretrain_world_vision(cfg, rows, path)
+            pretrain_world_vision(cfg, rows, partial)
+        shutil.rmtree(path, ignore_errors=True)
+        partial.rename(path)
     return str(path)
 
 

@@ -60,6 +60,9 @@ def test_the_world_run_pretrains_and_records_it(tmp_path):
     run = load_config({"run_dir": str(tmp_path), "data": {"sft_images": 12, "eval_images": 2, "feedback_images": 2},
                        "model": {"tiny": {"vision_pretrain_steps": 3}}})
     pipeline.prepare_data(run)
+    (tmp_path / "base.partial").mkdir()  # what a run killed while building the base leaves behind
+    (tmp_path / "base.partial" / "config.json").write_text("{}")
     base = pipeline.base_model_path(run)
     record = (tmp_path / "base" / "vision_pretrain.json").read_text()
     assert base == str(tmp_path / "base") and '"steps": 3' in record
+    assert not (tmp_path / "base.partial").exists()
