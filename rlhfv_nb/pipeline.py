@@ -10,6 +10,7 @@ import json
 import logging
 import random
 import shutil
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -201,18 +202,17 @@ def collect_feedback(cfg: Config, model=None, processor=None) -> dict[str, Any]:
     out = cfg.run_path / "feedback"
     answers = generate_answers(model, processor, items, settings, out / "answers.jsonl", cfg.feedback.batch_size)
     pairs, unchanged = [], 0
-    corrected_by_type: dict[str, int] = {}
+    corrected_by_type: Counter[str] = Counter()
     for item, answer in zip(items, answers):
         qa = item["qa"]
         if qa is None:
-            corrected = world.correct_description(answer["answer"], scenes[item["scene"]], wcfg)
+            qtype, corrected = "describe", world.correct_description(answer["answer"], scenes[item["scene"]], wcfg)
         else:
-            corrected = world.correct_short_answer(answer["answer"], qa)
+            qtype, corrected = qa.type, world.correct_short_answer(answer["answer"], qa)
         if corrected.strip() == answer["answer"].strip():
             unchanged += 1
             continue
-        qtype = "describe" if qa is None else qa.type
-        corrected_by_type[qtype] = corrected_by_type.get(qtype, 0) + 1
+        corrected_by_type[qtype] += 1
         pairs.append({"image": item["image"], "question": item["question"], "chosen": corrected,
                       "rejected": answer["answer"], "idx": len(pairs), "image_path": f"world/{item['scene']}.png"})
     if not pairs:
@@ -222,7 +222,7 @@ def collect_feedback(cfg: Config, model=None, processor=None) -> dict[str, Any]:
                                             cfg.data.on_bad_row)
     write_parquet(normalised, cfg.run_path / "data" / "preferences.parquet")
     stats = {"answers": len(answers), "corrected": len(pairs), "already_correct": unchanged,
-             "correction_rate": len(pairs) / len(answers), "corrected_by_type": corrected_by_type,
+             "correction_rate": len(pairs) / len(answers), "corrected_by_type": dict(corrected_by_type),
              "bad_rows": bad.to_dict()}
     write_json(out / "stats.json", stats)
     return stats
