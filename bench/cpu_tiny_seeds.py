@@ -20,7 +20,7 @@ from typing import Any
 
 import nbformat
 
-from bench.common import RESULTS, ROOT, machine
+from bench.common import RESULTS, ROOT, machine, markdown_table, recorded_args
 from rlhfv_nb import runner
 from rlhfv_nb.config import load_config
 from rlhfv_nb.files import read_json, write_json
@@ -69,19 +69,17 @@ def mean_over(results: list[dict[str, dict[str, float]]]) -> dict[str, dict[str,
 
 def markdown(rows: dict[str, dict[str, float]], title: str) -> str:
     keys = list(next(iter(rows.values())))
-    lines = [f"### {title}", "", "| model | " + " | ".join(keys) + " |", "|---" * (len(keys) + 1) + "|"]
-    for model, row in rows.items():
-        cells = [f"{row[k]:+.1%}" if "vs SFT" in k else f"{row[k]:.1f}" for k in keys]
-        lines.append(f"| {model} | " + " | ".join(cells) + " |")
-    return "\n".join(lines)
+    cells = [[model] + [f"{row[k]:+.1%}" if "vs SFT" in k else f"{row[k]:.1f}" for k in keys]
+             for model, row in rows.items()]
+    return f"### {title}\n\n" + markdown_table(["model", *keys], cells)
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--params", default=str(ROOT / "params" / "cpu-tiny.yaml"))
+    parser.add_argument("--params", type=Path, default=ROOT / "params" / "cpu-tiny.yaml")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--set", action="append", default=[], help="override, e.g. ddpo.lr=1e-4")
-    parser.add_argument("--out", default=str(RESULTS / "cpu_tiny_seeds.json"))
+    parser.add_argument("--out", type=Path, default=RESULTS / "cpu_tiny_seeds.json")
     args = parser.parse_args(argv)
     overrides = parse_overrides(args.set)
     name = load_config(args.params, **overrides).name
@@ -94,9 +92,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         print(markdown(per_seed[seed], f"seed {seed} (notebooks {notebook_seconds[seed]:.0f} s)"), "\n", flush=True)
     means = mean_over(list(per_seed.values()))
     print(markdown(means, f"mean over seeds {args.seeds}"))
-    result = {"params": args.params, "overrides": args.set, "seeds": args.seeds, "notebook_seconds": notebook_seconds,
-              "per_seed": per_seed, "mean": means, "machine": machine()}
-    write_json(Path(args.out), result)
+    result = {"args": recorded_args(args), "notebook_seconds": notebook_seconds, "per_seed": per_seed,
+              "mean": means, "machine": machine()}
+    write_json(args.out, result)
     return result
 
 
