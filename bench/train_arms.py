@@ -25,9 +25,10 @@ import torch  # noqa: E402
 from transformers import TrainerCallback  # noqa: E402
 
 from bench.common import cuda_peak_mib, peak_rss_mib, rss_mib  # noqa: E402
-from rlhfv_nb.config import DDPOConfig, LoraConfig, ModelConfig, load_config  # noqa: E402
+from rlhfv_nb.config import DDPOConfig, ModelConfig, load_config  # noqa: E402
 from rlhfv_nb.data import decode_image, read_parquet  # noqa: E402
 from rlhfv_nb.ddpo import ddpo_loss  # noqa: E402
+from rlhfv_nb.families import lora_modules, resolve_family  # noqa: E402
 from rlhfv_nb.features import PairCollator, response_ids  # noqa: E402
 from rlhfv_nb.files import write_json  # noqa: E402
 from rlhfv_nb.logps import read_cache, reference_logps  # noqa: E402
@@ -155,12 +156,14 @@ def build_ours(spec: ArmSpec, clock: Clock) -> tuple[Any, Any, list[dict[str, An
     return trainer, processor, rows
 
 
-def trl_peft_config(cfg: LoraConfig) -> Any:
-    """The same adapters as rlhfv_nb's `prepare_for_training` puts on (peft `LoraConfig`)."""
+def trl_peft_config(model: Any, model_cfg: ModelConfig) -> Any:
+    """The same adapters as rlhfv_nb's `prepare_for_training` puts on `model` (peft `LoraConfig`)."""
     from peft import LoraConfig as PeftLoraConfig
 
-    return PeftLoraConfig(r=cfg.r, lora_alpha=cfg.alpha, lora_dropout=cfg.dropout, target_modules=cfg.target_modules,
-                          modules_to_save=cfg.modules_to_save or None, task_type="CAUSAL_LM")
+    cfg = model_cfg.lora
+    targets, saved = lora_modules(resolve_family(model, model_cfg.family), cfg)
+    return PeftLoraConfig(r=cfg.r, lora_alpha=cfg.alpha, lora_dropout=cfg.dropout, target_modules=targets,
+                          modules_to_save=saved or None, task_type="CAUSAL_LM")
 
 
 def trl_dataset(spec: ArmSpec) -> datasets.Dataset:
@@ -185,9 +188,9 @@ def build_trl(spec: ArmSpec, clock: Clock) -> tuple[Any, Any, list[dict[str, Any
         gradient_checkpointing_kwargs={"use_reentrant": False}, logging_steps=1, save_strategy="no",
         report_to="none", seed=spec.seed, data_seed=spec.seed, dataloader_num_workers=0, disable_tqdm=True,
     )
-    lora = spec.model_cfg.lora
+    peft_config = trl_peft_config(model, spec.model_cfg) if spec.model_cfg.lora.enabled else None
     trainer = DPOTrainer(model=model, args=args, train_dataset=trl_dataset(spec), processing_class=processor,
-                         peft_config=trl_peft_config(lora) if lora.enabled else None, callbacks=[clock])
+                         peft_config=peft_config, callbacks=[clock])
     return trainer, processor, []
 
 

@@ -46,14 +46,33 @@ class TinyModelConfig:
 
 @dataclass
 class LoraConfig:
-    """LoRA adapters on the language model (peft); `enabled: false` trains all parameters."""
+    """LoRA adapters on the language model (peft); `enabled: false` trains all parameters.
+
+    `target_modules` and `modules_to_save` default (null) to the model family's decoder linears and
+    projector (`rlhfv_nb.families`); set them to override.
+    """
 
     enabled: bool = False
     r: int = 16
     alpha: int = 32
     dropout: float = 0.05
-    target_modules: str = r".*language_model.*\.(q_proj|k_proj|v_proj|o_proj|gate_proj|up_proj|down_proj)"
-    modules_to_save: list[str] = field(default_factory=lambda: ["multi_modal_projector"])
+    target_modules: str | None = None
+    modules_to_save: list[str] | None = None
+
+
+@dataclass
+class FamilyConfig:
+    """Overrides of the model family's layout (`rlhfv_nb.families`); null keeps the family's value.
+
+    `name` picks a known family for a model type the table lacks; module paths are as
+    `model.named_modules()` names them.
+    """
+
+    name: str | None = None
+    vision: list[str] | None = None
+    projector: list[str] | None = None
+    decoder: str | None = None
+    decoder_linears: list[str] | None = None
 
 
 @dataclass
@@ -66,9 +85,10 @@ class ModelConfig:
     attn_implementation: str = "sdpa"  # sdpa | eager | flash_attention_2 (falls back to sdpa if missing)
     load_in_4bit: bool = False  # NF4 + double quantization through bitsandbytes (QLoRA)
     lora: LoraConfig = field(default_factory=LoraConfig)
+    family: FamilyConfig = field(default_factory=FamilyConfig)
     gradient_checkpointing: bool = False
     trust_remote_code: bool = False
-    freeze_vision: bool = True  # keep the vision tower fixed in SFT and DDPO (as LLaVA-1.5 does)
+    freeze_vision: bool = True  # keep the vision encoder fixed (not its projector) in SFT and DDPO, as LLaVA-1.5
 
 
 @dataclass

@@ -6,6 +6,7 @@ so every stage sees exactly the same tokens.
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -21,41 +22,86 @@ def user_message(question: str) -> dict[str, Any]:
     return {"role": "user", "content": [{"type": "image"}, {"type": "text", "text": question}]}
 
 
+def answers_as_suffix(processor: ProcessorMixin) -> bool:
+    """Whether the processor takes the answer as a `suffix` after a plain prompt (PaliGemma) instead of a chat turn.
+
+    Such a processor marks the suffix's tokens `token_type_ids` 1, so they attend causally; the prompt's are 0.
+    """
+    return getattr(processor, "chat_template", None) is None and \
+        "suffix" in inspect.signature(type(processor).__call__).parameters
+
+
 def prompt_text(processor: ProcessorMixin, question: str) -> str:
-    """The chat-templated prompt for one image and a question, ending where the answer starts."""
+    """The prompt for one image and a question, ending where the answer starts (the model's chat template)."""
+    if answers_as_suffix(processor):
+        return processor.image_token + question  # the processor adds BOS after the image and a newline
+    if getattr(processor, "chat_template", None) is None:
+        raise ValueError(f"{type(processor).__name__} has no chat template: save one with the processor "
+                         "(processor.chat_template) so prompts are formatted as the model was trained")
     return processor.apply_chat_template([user_message(question)], add_generation_prompt=True, tokenize=False)
 
 
+def adds_bos(processor: ProcessorMixin, prompt: str) -> bool:
+    """Whether tokenising `prompt` should add special tokens: not when the template already wrote the BOS."""
+    bos = processor.tokenizer.bos_token
+    return not (bos and prompt.startswith(bos))
+
+
+def end_of_turn(ids: list[int], tokenizer: Any) -> list[int]:
+    """An answer's ids cut after its first special token (the end of turn); without one, trailing whitespace-only
+    tokens are dropped and EOS appended. So every answer ends with exactly one end-of-turn token."""
+    special = set(tokenizer.all_special_ids) | {i for i, t in tokenizer.added_tokens_decoder.items() if t.special}
+    for index, token in enumerate(ids):
+        if token in special:
+            return ids[: index + 1]
+    while ids and not tokenizer.decode(ids[-1:]).strip():
+        ids = ids[:-1]
+    return [*ids, tokenizer.eos_token_id]
+
+
 def response_ids(processor: ProcessorMixin, question: str, answer: str) -> list[int]:
-    """Token ids of `answer` as the chat template renders the assistant turn, ending with EOS."""
+    """Token ids of `answer` exactly as they follow the prompt when the whole conversation is tokenised at once.
+
+    The model generates these ids after the prompt: no stray space tokens at the seam, and one end-of-turn
+    token at the end (the template's own, else EOS).
+    """
     tokenizer = processor.tokenizer
+    if answers_as_suffix(processor):
+        return tokenizer(answer + tokenizer.eos_token, add_special_tokens=False)["input_ids"]
     prompt = prompt_text(processor, question)
     full = processor.apply_chat_template(
         [user_message(question), {"role": "assistant", "content": [{"type": "text", "text": answer}]}],
         tokenize=False,
     )
-    text = full[len(prompt):] if full.startswith(prompt) else " " + answer
-    ids = tokenizer(text, add_special_tokens=False)["input_ids"]
-    if not ids or ids[-1] != tokenizer.eos_token_id:
-        ids.append(tokenizer.eos_token_id)
-    return ids
+    special = adds_bos(processor, prompt)
+    prompt_ids = tokenizer(prompt, add_special_tokens=special)["input_ids"]
+    full_ids = tokenizer(full, add_special_tokens=special)["input_ids"]
+    if full_ids[: len(prompt_ids)] != prompt_ids:
+        raise ValueError(f"the chat template renders the prompt of {question!r} differently once an answer follows; "
+                         "the answer's tokens cannot be separated from the prompt's")
+    return end_of_turn(full_ids[len(prompt_ids):], tokenizer)
 
 
 def prompt_length(processor: ProcessorMixin, question: str, image_data: bytes) -> int:
     """Number of prompt tokens once the processor has expanded the image placeholder."""
-    encoded = processor(text=[prompt_text(processor, question)], images=[decode_image(image_data)])
-    return len(encoded["input_ids"][0])
+    return len(encode_prompts(processor, [image_data], [question], "right")["input_ids"][0])
 
 
 def encode_prompts(processor: ProcessorMixin, images: Sequence[Any], questions: Sequence[str], padding_side: str):
-    """The processor's batch (ids, attention mask, pixel values, ...) for chat-templated prompts."""
+    """The processor's batch (ids, attention mask, pixel values, ...) for prompts of one image each."""
+    prompts = [prompt_text(processor, q) for q in questions]
     return processor(
-        text=[prompt_text(processor, q) for q in questions],
-        images=[decode_image(data) for data in images],
+        text=prompts,
+        images=[[decode_image(data)] for data in images],
         return_tensors="pt",
         padding=True,
         padding_side=padding_side,
+        add_special_tokens=adds_bos(processor, prompts[0]),
     )
+
+
+# Processor outputs that hold one value per token; the rest (pixels, grid sizes) are per image.
+PER_TOKEN_KEYS = ("input_ids", "attention_mask", "token_type_ids", "mm_token_type_ids", "cross_attention_mask")
 
 
 @dataclass
@@ -67,27 +113,49 @@ class Sequences:
     response_starts: list[int]
 
 
+def _extend_per_token(value: torch.Tensor, lengths: list[int], totals: list[int], width: int,
+                      response_value: int | None) -> torch.Tensor:
+    """A per-token tensor carried from each prompt's length to its prompt+response length, zero-padded to `width`.
+
+    Response positions take `response_value` if given, else the prompt's last token's value (text after the
+    prompt is text too: not an image token, and it sees the images the prompt's end sees).
+    """
+    out = value.new_zeros((value.shape[0], width, *value.shape[2:]))
+    for row, (length, total) in enumerate(zip(lengths, totals)):
+        out[row, :length] = value[row, :length]
+        out[row, length:total] = response_value if response_value is not None else value[row, length - 1]
+    return out
+
+
 def build_batch(
     processor: ProcessorMixin, images: Sequence[bytes], questions: Sequence[str], responses: Sequence[list[int]]
 ) -> Sequences:
-    """Model inputs for `prompt + response` sequences; labels mask everything but the response tokens."""
-    tokenizer = processor.tokenizer
+    """Model inputs for `prompt + response` sequences; labels mask everything but the response tokens.
+
+    Every per-token tensor the processor returns is carried to the full width, so the response is scored
+    exactly as in a forward over the whole conversation.
+    """
     encoded = encode_prompts(processor, images, questions, padding_side="right")
-    prompt_ids = [ids[mask.bool()].tolist() for ids, mask in zip(encoded["input_ids"], encoded["attention_mask"])]
-    sequences = [p + list(r) for p, r in zip(prompt_ids, responses)]
-    width = max(len(s) for s in sequences)
-    input_ids = torch.full((len(sequences), width), tokenizer.pad_token_id, dtype=torch.long)
-    attention = torch.zeros((len(sequences), width), dtype=torch.long)
-    labels = torch.full((len(sequences), width), IGNORE_INDEX, dtype=torch.long)
-    for row, (prompt, sequence) in enumerate(zip(prompt_ids, sequences)):
-        input_ids[row, : len(sequence)] = torch.tensor(sequence)
-        attention[row, : len(sequence)] = 1
-        labels[row, len(prompt) : len(sequence)] = torch.tensor(sequence[len(prompt):])
-    inputs = {key: value for key, value in encoded.items() if key not in ("input_ids", "attention_mask")}
-    inputs.update(input_ids=input_ids, attention_mask=attention)
-    if "token_type_ids" in inputs:
-        inputs["token_type_ids"] = torch.zeros_like(input_ids)
-    return Sequences(inputs, labels, [len(p) for p in prompt_ids])
+    unknown = [key for key, value in encoded.items() if key not in PER_TOKEN_KEYS and torch.is_tensor(value)
+               and value.shape[:2] == encoded["input_ids"].shape]
+    if unknown:
+        raise ValueError(f"{type(processor).__name__} returns {unknown}, shaped like the token ids: add them to "
+                         "rlhfv_nb.features.PER_TOKEN_KEYS with their value for answer tokens")
+    lengths = encoded["attention_mask"].sum(-1).tolist()
+    totals = [length + len(response) for length, response in zip(lengths, responses)]
+    width = max(totals)
+    inputs = {key: value for key, value in encoded.items() if key not in PER_TOKEN_KEYS}
+    answer_values = {"attention_mask": 1, "token_type_ids": 1 if answers_as_suffix(processor) else None}
+    for key in PER_TOKEN_KEYS[1:]:
+        if key in encoded:
+            inputs[key] = _extend_per_token(encoded[key], lengths, totals, width, answer_values.get(key))
+    input_ids = torch.full((len(totals), width), processor.tokenizer.pad_token_id, dtype=torch.long)
+    labels = torch.full((len(totals), width), IGNORE_INDEX, dtype=torch.long)
+    for row, (length, total, response) in enumerate(zip(lengths, totals, responses)):
+        input_ids[row, :length] = encoded["input_ids"][row, :length]
+        input_ids[row, length:total] = labels[row, length:total] = torch.tensor(list(response), dtype=torch.long)
+    inputs["input_ids"] = input_ids
+    return Sequences(inputs, labels, lengths)
 
 
 def aligned(

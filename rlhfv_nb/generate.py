@@ -80,9 +80,12 @@ def generate_batch(
     device = next(model.parameters()).device
     encoded = {key: value.to(device) for key, value in encoded.items()}
     tokenizer = processor.tokenizer
+    # Stops on the model's own stop tokens (its generation config may list several: Gemma3's <end_of_turn>,
+    # Qwen's <|im_end|>); the tokenizer's EOS only where the model names none.
+    stop = model.generation_config.eos_token_id
     output = model.generate(
         **encoded, **settings.generate_kwargs(), pad_token_id=tokenizer.pad_token_id,
-        eos_token_id=tokenizer.eos_token_id,
+        eos_token_id=tokenizer.eos_token_id if stop is None else stop,
     )
     new_tokens = output[:, encoded["input_ids"].shape[1]:]
     texts = processor.batch_decode(new_tokens, skip_special_tokens=True)

@@ -14,6 +14,7 @@ from pathlib import Path
 import torch
 from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
 from transformers import (
+    AutoConfig,
     AutoModelForImageTextToText,
     AutoProcessor,
     BitsAndBytesConfig,
@@ -29,6 +30,7 @@ from transformers import (
 )
 
 from rlhfv_nb.config import ModelConfig, TinyModelConfig
+from rlhfv_nb.families import ModelFamily, resolve_family
 
 log = logging.getLogger(__name__)
 
@@ -46,9 +48,6 @@ TINY_CHAT_TEMPLATE = (
     "{% if add_generation_prompt %}ASSISTANT:{% endif %}"
 )
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-# Modules kept in full precision under 4-bit loading (the planner counts the same set). Full module paths:
-# transformers 5 matches these from the start of a module's name, so a bare "vision_tower" skips nothing.
-QUANT_SKIP_MODULES = ["model.vision_tower", "model.multi_modal_projector", "lm_head"]
 
 
 def train_tokenizer(texts: Iterable[str], vocab_size: int) -> PreTrainedTokenizerFast:
@@ -144,8 +143,12 @@ def resolve_attn_implementation(requested: str) -> str:
     return requested
 
 
-def quantization_config(cfg: ModelConfig) -> BitsAndBytesConfig | None:
-    """NF4 4-bit with double quantization (QLoRA), computing in the configured dtype."""
+def quantization_config(cfg: ModelConfig, family: ModelFamily) -> BitsAndBytesConfig | None:
+    """NF4 4-bit with double quantization (QLoRA), computing in the configured dtype.
+
+    The family's vision encoder, projector and LM head stay in full precision (the planner counts the same
+    set). Full module paths: transformers 5 matches these from the start of a module's name.
+    """
     if not cfg.load_in_4bit:
         return None
     return BitsAndBytesConfig(
@@ -153,7 +156,7 @@ def quantization_config(cfg: ModelConfig) -> BitsAndBytesConfig | None:
         bnb_4bit_quant_type="nf4",
         bnb_4bit_use_double_quant=True,
         bnb_4bit_compute_dtype=DTYPES[cfg.dtype],
-        llm_int8_skip_modules=list(QUANT_SKIP_MODULES),
+        llm_int8_skip_modules=family.quant_skip_modules,
     )
 
 
@@ -171,22 +174,28 @@ def load_model(path: str | Path, cfg: ModelConfig, device_map: str | dict | None
 
     A folder holding a peft adapter (`adapter_config.json`) is loaded as base + adapter.
     """
+    path = str(path)
+    adapter = path if (Path(path) / "adapter_config.json").exists() else None
+    if adapter:
+        from peft import PeftConfig
+
+        path = PeftConfig.from_pretrained(adapter).base_model_name_or_path
+    config = AutoConfig.from_pretrained(path, trust_remote_code=cfg.trust_remote_code)
     kwargs = dict(
+        config=config,
         dtype=DTYPES[cfg.dtype],
         attn_implementation=resolve_attn_implementation(cfg.attn_implementation),
         trust_remote_code=cfg.trust_remote_code,
-        quantization_config=quantization_config(cfg),
+        quantization_config=quantization_config(cfg, resolve_family(config, cfg.family)),
     )
     if device_map is not None:
         kwargs["device_map"] = device_map
-    path = str(path)
-    if (Path(path) / "adapter_config.json").exists():
-        from peft import PeftConfig, PeftModel
+    model = AutoModelForImageTextToText.from_pretrained(path, **kwargs)
+    if adapter:
+        from peft import PeftModel
 
-        adapter = PeftConfig.from_pretrained(path)
-        base = AutoModelForImageTextToText.from_pretrained(adapter.base_model_name_or_path, **kwargs)
-        return PeftModel.from_pretrained(base, path, is_trainable=False)
-    return AutoModelForImageTextToText.from_pretrained(path, **kwargs)
+        return PeftModel.from_pretrained(model, adapter, is_trainable=False)
+    return model
 
 
 def count_parameters(model: torch.nn.Module) -> dict[str, int]:

@@ -1,7 +1,8 @@
 """Will a training stage fit, and how long will it take? Estimates from the model's config, nothing loaded.
 
-The model's shapes come from its `config.json` (LLaVA-style: a CLIP-like vision tower, a two-layer
-projector, a Llama-like decoder), the training setup from the run's params and its accelerate config.
+The model's weights come from its `config.json`: the real model class built on the meta device, split into
+vision encoder, projector and decoder by the family table (`rlhfv_nb.families`); the training setup from the
+run's params and its accelerate config.
 
 - States follow the ZeRO paper (Rajbhandari et al., 2020): mixed precision keeps 2 bytes of weights,
   2 of gradients and 12 of optimizer state (fp32 master copy, Adam m and v) per trained parameter; ZeRO
@@ -32,8 +33,8 @@ from typing import Any
 
 import yaml
 
-from rlhfv_nb.config import Config, project_root
-from rlhfv_nb.modeling import QUANT_SKIP_MODULES
+from rlhfv_nb.config import Config, FamilyConfig, project_root
+from rlhfv_nb.families import ModelFamily, lora_modules, resolve_family
 
 GIB = 1024**3
 BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
@@ -63,13 +64,42 @@ class Module:
         return self.fan_in * self.fan_out
 
 
-def _linear(name: str, fan_in: int, fan_out: int, part: str, bias: bool) -> Module:
-    return Module(name, fan_in * fan_out + (fan_out if bias else 0), part, fan_in, fan_out, True)
+# Images of dynamic-resolution families (Qwen-VL) are counted at this side; fixed-size towers use their own.
+DYNAMIC_IMAGE_SIDE = 448
+
+
+def _sub(config: Any, *names: str, default: Any = None) -> Any:
+    """The first of `names` that `config` has (families name the same size differently)."""
+    for name in names:
+        value = getattr(config, name, None)
+        if value is not None:
+            return value
+    return default
+
+
+def _image_token_counts(config: Any, vision: Any) -> tuple[int, int]:
+    """(tokens through the vision encoder, tokens handed to the decoder) for one image.
+
+    The encoder sees (side / patch)^2 patches, plus a CLS token for CLIP-like towers; the family's merge
+    (Qwen's spatial merge, Idefics3's pixel shuffle, InternVL's downsampling, Gemma3's pooling) shrinks
+    what reaches the decoder.
+    """
+    patch = _sub(vision, "patch_size", default=14)
+    side = _sub(vision, "image_size", default=DYNAMIC_IMAGE_SIDE)
+    side = side if isinstance(side, int) else max(side)
+    patches = (side // patch) ** 2
+    cls_token = 1 if vision.model_type in ("clip_vision_model", "mllama_vision_model") else 0
+    if getattr(config, "mm_tokens_per_image", None):
+        return patches, config.mm_tokens_per_image
+    merge = _sub(vision, "spatial_merge_size", default=1) ** 2 * _sub(config, "scale_factor", default=1) ** 2
+    if getattr(config, "downsample_ratio", None):
+        merge = round(1 / config.downsample_ratio**2)
+    return patches + cls_token, max(patches // merge, 1)
 
 
 @dataclass(frozen=True)
 class ModelShape:
-    """The sizes that memory and FLOPs depend on."""
+    """The sizes that memory and FLOPs depend on, and every weight of the model by family part."""
 
     hidden: int
     layers: int
@@ -81,22 +111,18 @@ class ModelShape:
     vision_hidden: int
     vision_layers: int
     vision_intermediate: int
-    image_size: int
-    patch_size: int
-    channels: int = 3
-    tie_embeddings: bool = False
-    attention_bias: bool = False
-    mlp_bias: bool = False
-    projector_bias: bool = True
-
-    @property
-    def image_tokens(self) -> int:
-        """Tokens one image adds to the language model's sequence (CLIP's CLS token dropped)."""
-        return (self.image_size // self.patch_size) ** 2
+    vision_tokens: int  # per image, through the vision encoder (CLS included)
+    image_tokens: int  # per image, in the decoder's sequence
+    weights: tuple[Module, ...]
+    family: ModelFamily
 
     @classmethod
-    def from_config(cls, config: Any) -> ModelShape:
-        """From a transformers config object, its dict (defaults filled in), a `config.json` or folder, or a hub id."""
+    def from_config(cls, config: Any, family: FamilyConfig | None = None) -> ModelShape:
+        """From a transformers config object, its dict (defaults filled in), a `config.json` or folder, or a hub id.
+
+        The weights are those of the real model class, built on the meta device (no memory, nothing loaded);
+        `rlhfv_nb.families` splits them into vision, projector and language.
+        """
         from transformers import AutoConfig
 
         if isinstance(config, (str, Path)):
@@ -107,7 +133,10 @@ class ModelShape:
         if isinstance(config, dict):
             values = dict(config)
             config = AutoConfig.for_model(values.pop("model_type"), **values)
-        text, vision = config.text_config, config.vision_config
+        layout = resolve_family(config, family)
+        text, vision = config.get_text_config(), config.vision_config
+        vision_hidden = _sub(vision, "hidden_size", "embed_dim")
+        vision_tokens, image_tokens = _image_token_counts(config, vision)
         return cls(
             hidden=text.hidden_size,
             layers=text.num_hidden_layers,
@@ -116,52 +145,47 @@ class ModelShape:
             heads=text.num_attention_heads,
             kv_heads=getattr(text, "num_key_value_heads", None) or text.num_attention_heads,
             head_dim=getattr(text, "head_dim", None) or text.hidden_size // text.num_attention_heads,
-            vision_hidden=vision.hidden_size,
-            vision_layers=vision.num_hidden_layers,
-            vision_intermediate=vision.intermediate_size,
-            image_size=vision.image_size,
-            patch_size=vision.patch_size,
-            channels=getattr(vision, "num_channels", 3),
-            tie_embeddings=bool(getattr(text, "tie_word_embeddings", False)),
-            attention_bias=bool(getattr(text, "attention_bias", False)),
-            mlp_bias=bool(getattr(text, "mlp_bias", False)),
-            projector_bias=bool(getattr(config, "multimodal_projector_bias", True)),
+            vision_hidden=vision_hidden,
+            vision_layers=_sub(vision, "num_hidden_layers", "depth"),
+            vision_intermediate=_sub(vision, "intermediate_size",
+                                     default=int(_sub(vision, "mlp_ratio", default=4) * vision_hidden)),
+            vision_tokens=vision_tokens,
+            image_tokens=image_tokens,
+            weights=tuple(meta_weights(config, layout)),
+            family=layout,
         )
 
     def modules(self) -> Iterator[Module]:
-        """Every weight of the model, linears under the names peft's `target_modules` regex sees."""
-        vh, vi, patches = self.vision_hidden, self.vision_intermediate, self.image_tokens
-        conv_in = self.channels * self.patch_size**2
-        yield Module("model.vision_tower.embeddings.patch_embedding", conv_in * vh, "vision", conv_in, vh)
-        yield Module("model.vision_tower.embeddings", vh + (patches + 1) * vh + 2 * vh, "vision")  # +pre_layrnorm
-        for i in range(self.vision_layers):
-            prefix = f"model.vision_tower.encoder.layers.{i}"
-            for proj in ("q_proj", "k_proj", "v_proj", "out_proj"):
-                yield _linear(f"{prefix}.self_attn.{proj}", vh, vh, "vision", True)
-            yield _linear(f"{prefix}.mlp.fc1", vh, vi, "vision", True)
-            yield _linear(f"{prefix}.mlp.fc2", vi, vh, "vision", True)
-            yield Module(f"{prefix}.layer_norms", 4 * vh, "vision")
-        yield Module("model.vision_tower.post_layernorm", 2 * vh, "vision")
-        yield _linear("model.multi_modal_projector.linear_1", vh, self.hidden, "projector", self.projector_bias)
-        yield _linear("model.multi_modal_projector.linear_2", self.hidden, self.hidden, "projector",
-                      self.projector_bias)
-        h, kv, q = self.hidden, self.kv_heads * self.head_dim, self.heads * self.head_dim
-        yield Module("model.language_model.embed_tokens", self.vocab * h, "language")
-        for i in range(self.layers):
-            prefix = f"model.language_model.layers.{i}"
-            for proj, fan_in, fan_out in (("q_proj", h, q), ("k_proj", h, kv), ("v_proj", h, kv), ("o_proj", q, h)):
-                yield _linear(f"{prefix}.self_attn.{proj}", fan_in, fan_out, "language", self.attention_bias)
-            for proj, fan_in, fan_out in (("gate_proj", h, self.intermediate), ("up_proj", h, self.intermediate),
-                                          ("down_proj", self.intermediate, h)):
-                yield _linear(f"{prefix}.mlp.{proj}", fan_in, fan_out, "language", self.mlp_bias)
-            yield Module(f"{prefix}.norms", 2 * h, "language")
-        yield Module("model.language_model.norm", h, "language")
-        head = _linear("lm_head", h, self.vocab, "language", False)
-        yield Module(head.name, 0, "language", h, self.vocab, True) if self.tie_embeddings else head
+        """Every weight-holding module of the model, under the names peft's `target_modules` regex sees."""
+        return iter(self.weights)
 
     def layer_params(self) -> int:
         """Parameters of one decoder layer (the unit ZeRO-3/FSDP gathers at a time)."""
-        return sum(m.numel for m in self.modules() if m.name.startswith("model.language_model.layers.0."))
+        return sum(m.numel for m in self.weights if m.name.startswith(f"{self.family.decoder}.layers.0."))
+
+
+def meta_weights(config: Any, family: ModelFamily) -> Iterator[Module]:
+    """The weights of the model `config` describes, built on the meta device: linears and convolutions with
+    their fan-in and fan-out, other modules with the parameters they hold directly. A tied LM head counts
+    no parameters of its own but still multiplies."""
+    import torch
+    from transformers import AutoModelForImageTextToText
+
+    with torch.device("meta"):
+        model = AutoModelForImageTextToText.from_config(config)
+    seen: set[int] = set()
+    for name, module in model.named_modules():
+        own = [p for p in module.parameters(recurse=False) if id(p) not in seen]
+        seen.update(id(p) for p in own)
+        numel = sum(p.numel() for p in own)
+        part = family.part_of(name)
+        if isinstance(module, torch.nn.Linear):
+            yield Module(name, numel, part, module.in_features, module.out_features, True)
+        elif isinstance(module, torch.nn.modules.conv._ConvNd):
+            fan_in = module.in_channels // module.groups * math.prod(module.kernel_size)
+            yield Module(name, numel, part, fan_in, module.out_channels)
+        elif numel:
+            yield Module(name, numel, part)
 
 
 @dataclass(frozen=True)
@@ -190,14 +214,16 @@ class Setup:
         return self.gpus * self.batch_per_gpu * self.grad_accum
 
     @classmethod
-    def from_config(cls, cfg: Config, stage: str = "ddpo", num_items: int | None = None) -> Setup:
-        """The setup of `stage` ("ddpo" or "sft") under the run's params and accelerate config.
+    def from_config(cls, cfg: Config, family: ModelFamily, stage: str = "ddpo", num_items: int | None = None) -> Setup:
+        """The setup of `stage` ("ddpo" or "sft") under the run's params and accelerate config, for a model of
+        `family` (whose decoder linears and projector LoRA targets and saves unless the params say otherwise).
 
         The step count is `max_steps`, or computed from `epochs` when `num_items` (pairs, for DDPO) is given.
         """
         train = cfg.ddpo if stage == "ddpo" else cfg.sft
         sharding, accelerate_precision = read_accelerate_config(cfg.launch.accelerate_config)
         lora = cfg.model.lora
+        targets, saved = lora_modules(family, lora)
         steps = train.max_steps if train.max_steps > 0 else None
         if steps is None and num_items:
             batches = math.ceil(num_items / (train.batch_size * cfg.launch.num_processes))
@@ -212,9 +238,9 @@ class Setup:
             mixed_precision=train.bf16 or accelerate_precision in ("bf16", "fp16"),
             load_in_4bit=cfg.model.load_in_4bit,
             lora_r=lora.r if lora.enabled else 0,
-            lora_targets=lora.target_modules,
+            lora_targets=targets,
             lora_dropout=lora.dropout,
-            modules_to_save=tuple(lora.modules_to_save) if lora.enabled else (),
+            modules_to_save=tuple(saved) if lora.enabled else (),
             sharding=sharding,
             gradient_checkpointing=cfg.model.gradient_checkpointing,
             lr=train.lr,
@@ -304,8 +330,9 @@ def estimate(shape: ModelShape, setup: Setup, gpu_memory_gb: float, peak_tflops:
     lora_params = {part: sum(setup.lora_r * (m.fan_in + m.fan_out) for m in lora_hits if m.part == part)
                    for part in PARTS}
     saved = [m for m in modules if any(_in_module(m.name, target) for target in setup.modules_to_save)]
+    skipped = shape.family.quant_skip_modules
     quantized = [m for m in modules if setup.load_in_4bit and m.linear and m.numel
-                 and not any(m.name == skip or m.name.startswith(skip + ".") for skip in QUANT_SKIP_MODULES)]
+                 and not any(m.name == skip or m.name.startswith(skip + ".") for skip in skipped)]
     total = sum(m.numel for m in modules)
     if setup.lora_r:
         trainable = {part: lora_params[part] + sum(m.numel for m in saved if m.part == part) for part in PARTS}
@@ -342,7 +369,7 @@ def estimate(shape: ModelShape, setup: Setup, gpu_memory_gb: float, peak_tflops:
         "vision": 7 * shape.vision_hidden + 2 * shape.vision_intermediate + lora_extra("vision"),
     }
     layer_input = {"language": shape.hidden, "vision": shape.vision_hidden}
-    tokens = {"language": sequences * setup.seq_len, "vision": sequences * (shape.image_tokens + 1)}
+    tokens = {"language": sequences * setup.seq_len, "vision": sequences * shape.vision_tokens}
     layers = {"language": shape.layers, "vision": shape.vision_layers}
     values = 0
     for part in ("language", "vision"):
@@ -363,7 +390,7 @@ def estimate(shape: ModelShape, setup: Setup, gpu_memory_gb: float, peak_tflops:
     }
 
     images = setup.global_batch * setup.sequences_per_item
-    step_tokens = {"vision": images * (shape.image_tokens + 1), "projector": images * shape.image_tokens,
+    step_tokens = {"vision": images * shape.vision_tokens, "projector": images * shape.image_tokens,
                    "language": setup.global_batch * setup.sequences_per_item * setup.seq_len}
     flops = 0.0
     for part in PARTS:
@@ -386,7 +413,7 @@ def estimate(shape: ModelShape, setup: Setup, gpu_memory_gb: float, peak_tflops:
     vision_hits = [m.name for m in lora_hits if m.part == "vision"]
     if vision_hits:
         warnings.append(f"LoRA target_modules hit {len(vision_hits)} vision-tower layers (e.g. {vision_hits[0]}); "
-                        "anchor the regex on 'language_model'")
+                        f"anchor the regex on the decoder, {shape.family.decoder!r}")
     if not setup.lora_r and not setup.mixed_precision and setup.dtype != "float32":
         warnings.append(f"weights and Adam states in {setup.dtype} without an fp32 master copy: updates below "
                         f"~1/256 of a weight are lost (lr {setup.lr:g}); load float32 weights and set bf16: true")
@@ -410,8 +437,9 @@ def plan(cfg: Config, gpu_memory_gb: float, model_config: Any = None, stage: str
     `model_config`: a transformers config, its dict, or a path to `config.json`. GPU memory is in GiB,
     as cards are quoted (a "24 GB" card has 24 GiB). `num_items`: training pairs, for the total time.
     """
-    shape = ModelShape.from_config(model_config if model_config is not None else cfg.model.base)
-    return estimate(shape, Setup.from_config(cfg, stage, num_items), gpu_memory_gb, peak_tflops, utilisation)
+    shape = ModelShape.from_config(model_config if model_config is not None else cfg.model.base, cfg.model.family)
+    setup = Setup.from_config(cfg, shape.family, stage, num_items)
+    return estimate(shape, setup, gpu_memory_gb, peak_tflops, utilisation)
 
 
 def check_hardware(cfg: Config) -> str:

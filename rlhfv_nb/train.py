@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import re
 from collections import defaultdict
 from pathlib import Path
 from typing import Any
@@ -21,10 +20,10 @@ from transformers.trainer_utils import get_last_checkpoint
 
 from rlhfv_nb.config import DDPOConfig, ModelConfig, TrainConfig
 from rlhfv_nb.ddpo import ddpo_loss, sequence_logps, token_logps
+from rlhfv_nb.families import check_modules_exist, lora_modules, resolve_family
 from rlhfv_nb.features import PairCollator, SFTCollator
 
 log = logging.getLogger(__name__)
-VISION_TOWER = re.compile(r"(^|\.)(vision_tower|visual|vision_model)\.")  # LLaVA, Qwen-VL, Idefics/SmolVLM
 
 
 class JsonlLogger(TrainerCallback):
@@ -82,10 +81,18 @@ def training_arguments(cfg: TrainConfig, output_dir: Path, seed: int) -> Trainin
 
 
 def prepare_for_training(model: PreTrainedModel, cfg: ModelConfig) -> PreTrainedModel:
-    """Frozen vision tower, gradient checkpointing, k-bit preparation and LoRA adapters as the model section asks."""
+    """Frozen vision encoder, gradient checkpointing, k-bit preparation and LoRA adapters as the model section asks.
+
+    What is frozen, adapted and saved in full follows the model's family (`rlhfv_nb.families`).
+    """
+    family = resolve_family(model, cfg.family)
     if cfg.freeze_vision:
+        frozen = [name for name, _ in model.named_parameters() if family.frozen_by_freeze_vision(name)]
+        if not frozen:
+            raise ValueError(f"model.freeze_vision: no parameter lies in this {family.name} model's vision encoder "
+                             f"{list(family.vision)} (override with model.family.vision)")
         for name, param in model.named_parameters():
-            if VISION_TOWER.search(name):
+            if family.frozen_by_freeze_vision(name):
                 param.requires_grad_(False)
     if cfg.load_in_4bit:
         from peft import prepare_model_for_kbit_training
@@ -96,12 +103,14 @@ def prepare_for_training(model: PreTrainedModel, cfg: ModelConfig) -> PreTrained
     if cfg.lora.enabled:
         from peft import LoraConfig, get_peft_model
 
+        targets, saved = lora_modules(family, cfg.lora)
+        check_modules_exist([name for name, _ in model.named_modules()], saved, "model.lora.modules_to_save", family)
         lora = LoraConfig(
             r=cfg.lora.r,
             lora_alpha=cfg.lora.alpha,
             lora_dropout=cfg.lora.dropout,
-            target_modules=cfg.lora.target_modules,
-            modules_to_save=cfg.lora.modules_to_save or None,
+            target_modules=targets,
+            modules_to_save=saved or None,
             task_type="CAUSAL_LM",
         )
         model = get_peft_model(model, lora)

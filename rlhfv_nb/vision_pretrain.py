@@ -15,6 +15,7 @@ import torch
 from transformers import PreTrainedModel, ProcessorMixin
 
 from rlhfv_nb.data import decode_image
+from rlhfv_nb.families import resolve_family
 
 log = logging.getLogger(__name__)
 
@@ -36,9 +37,10 @@ def pretrain_vision_tower(
     """Train `model`'s vision tower in place to tag patches with their cell's class; returns the loss per step.
 
     `cells[i]` is image i's `grid x grid` table of class ids. The patch features are those the language
-    model reads (`vision_feature_layer`, CLS dropped), so the tower is trained where it will be used.
+    model reads (`vision_feature_layer`, CLS dropped), so the tower is trained where it will be used. The
+    model is the tiny LLaVA (a CLIP tower), found where its family keeps its vision encoder.
     """
-    tower = model.model.vision_tower
+    tower = model.get_submodule(resolve_family(model).vision[0])
     layer = model.config.vision_feature_layer
     side = model.config.vision_config.image_size // model.config.vision_config.patch_size
     pixels = processor.image_processor([decode_image(i) for i in images], return_tensors="pt")["pixel_values"]

@@ -12,6 +12,7 @@ from accelerate.commands.config.config_args import load_config_from_file
 from test_planner import LLAVA_15_7B
 
 from rlhfv_nb.config import load_config
+from rlhfv_nb.families import lora_modules
 from rlhfv_nb.launch import launch_stage, main, parse_command
 from rlhfv_nb.planner import HardwareError, ModelShape
 
@@ -45,13 +46,15 @@ def test_qlora_preset():
     cfg = load_config("params/qlora-1gpu.yaml")
     assert cfg.model.load_in_4bit and cfg.model.lora.enabled and cfg.model.gradient_checkpointing
     assert cfg.model.attn_implementation == "flash_attention_2" and cfg.model.dtype == "bfloat16"
-    assert cfg.model.lora.modules_to_save == ["multi_modal_projector"] and not cfg.sft.enabled
+    assert not cfg.sft.enabled
     assert (cfg.ddpo.gamma, cfg.ddpo.beta, cfg.ddpo.use_average) == (1.1, 0.1, False)
     assert cfg.ddpo.batch_size * cfg.ddpo.grad_accum * cfg.launch.num_processes == 8
     assert 5e-6 <= cfg.ddpo.lr <= 2e-5 and cfg.ddpo.bf16
-    linears = [m.name for m in ModelShape.from_config(LLAVA_15_7B).modules() if m.linear]
-    hits = [n for n in linears if re.fullmatch(cfg.model.lora.target_modules, n)]
-    assert len(hits) == 32 * 7 and all(".language_model.layers." in n for n in hits)
+    shape = ModelShape.from_config(LLAVA_15_7B, cfg.model.family)
+    targets, saved = lora_modules(shape.family, cfg.model.lora)
+    assert saved == ["model.multi_modal_projector"]  # the projector is trained in full, as upstream
+    hits = [m.name for m in shape.modules() if m.linear and re.fullmatch(targets, m.name)]
+    assert len(hits) == 32 * 7 and all(n.startswith("model.language_model.layers.") for n in hits)
 
 
 def test_full_preset_is_the_readme_recipe_and_the_paper_recipe_is_one_command_away():

@@ -13,6 +13,7 @@ import torch
 from tiny_run import make_run
 
 from rlhfv_nb.config import load_config
+from rlhfv_nb.families import lora_modules
 from rlhfv_nb.launch import launch_stage
 from rlhfv_nb.modeling import count_parameters, load_model
 from rlhfv_nb.planner import ModelShape, Setup, estimate
@@ -68,9 +69,12 @@ def test_lora_only_on_language_model_and_trainable_set(run, quantised):
     assert not any("vision_tower" in n for n in trainable)
 
     # The planner counts the same trainable parameters (LoRA + the projector copy) from the config alone.
-    setup = Setup(load_in_4bit=True, lora_r=run.model.lora.r, lora_targets=run.model.lora.target_modules,
-                  modules_to_save=tuple(run.model.lora.modules_to_save), dtype="float32")
-    planned = estimate(ModelShape.from_config(quantised.config), setup, gpu_memory_gb=1).params
+    shape = ModelShape.from_config(quantised.config)
+    targets, saved = lora_modules(shape.family, run.model.lora)
+    assert saved == ["model.multi_modal_projector"]
+    setup = Setup(load_in_4bit=True, lora_r=run.model.lora.r, lora_targets=targets, modules_to_save=tuple(saved),
+                  dtype="float32")
+    planned = estimate(shape, setup, gpu_memory_gb=1).params
     assert planned["trainable"] == count_parameters(model)["trainable"]
 
 

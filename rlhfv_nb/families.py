@@ -1,0 +1,153 @@
+"""Where each vision-language model family keeps its parts, and what training does with them.
+
+One table serves every place that needs a model's layout: LoRA targets, the modules kept unquantised
+under 4-bit loading, the modules a LoRA adapter trains and saves in full (`modules_to_save`), what
+`freeze_vision` freezes, and the planner's split of parameters into vision, projector and language.
+A family is resolved from the model's config (`model_type`); params can override every field
+(`model.family`), and name a known family for a model type the table lacks.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+from dataclasses import dataclass
+from typing import Any
+
+from rlhfv_nb.config import FamilyConfig, LoraConfig
+
+DECODER_LINEARS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+
+
+class UnknownModelFamily(ValueError):
+    """The model's type is not in the family table and the params name no layout for it."""
+
+
+@dataclass(frozen=True)
+class ModelFamily:
+    """Module paths (as `model.named_modules()` names them) of one family's parts.
+
+    `vision`: the vision encoder (frozen by `freeze_vision`, kept unquantised). `projector`: what maps
+    vision features into the decoder (trained in full by a LoRA adapter, kept unquantised); it may lie
+    inside a `vision` path (Qwen-VL's merger), in which case `freeze_vision` leaves it trainable.
+    `decoder`: the language model whose `decoder_linears` LoRA adapts.
+    """
+
+    name: str
+    vision: tuple[str, ...]
+    projector: tuple[str, ...]
+    decoder: str
+    decoder_linears: tuple[str, ...] = DECODER_LINEARS
+
+    @property
+    def lora_target_modules(self) -> str:
+        """A peft `target_modules` regex for the decoder's linear layers only (never the vision tower's)."""
+        return rf"{re.escape(self.decoder)}\..*\.({'|'.join(map(re.escape, self.decoder_linears))})"
+
+    @property
+    def quant_skip_modules(self) -> list[str]:
+        """Modules kept in full precision under 4-bit loading: vision tower, projector and LM head."""
+        return [*self.vision, *self.projector, "lm_head"]
+
+    @property
+    def modules_to_save(self) -> list[str]:
+        """Modules a LoRA adapter trains in full and saves with itself: the projector."""
+        return list(self.projector)
+
+    def part_of(self, name: str) -> str:
+        """"projector", "vision" or "language" for a parameter or module name (the projector wins over vision)."""
+        if any(_inside(name, path) for path in self.projector):
+            return "projector"
+        if any(_inside(name, path) for path in self.vision):
+            return "vision"
+        return "language"
+
+    def frozen_by_freeze_vision(self, name: str) -> bool:
+        """Whether `freeze_vision` freezes the parameter `name` (vision encoder, not its projector)."""
+        return self.part_of(name) == "vision"
+
+
+def _inside(name: str, path: str) -> bool:
+    """Whether the dotted `name` is `path` or lies below it (peft's wrappers may prefix it)."""
+    return re.search(rf"(^|\.){re.escape(path)}(\.|$)", name) is not None
+
+
+_LLAVA_LIKE = dict(vision=("model.vision_tower",), projector=("model.multi_modal_projector",),
+                   decoder="model.language_model")
+_QWEN_VL = dict(vision=("model.visual",), projector=("model.visual.merger",), decoder="model.language_model")
+_IDEFICS = dict(vision=("model.vision_model",), projector=("model.connector",), decoder="model.text_model")
+
+FAMILIES: dict[str, ModelFamily] = {
+    family.name: family
+    for family in (
+        ModelFamily("llava", **_LLAVA_LIKE),
+        # LLaVA-NeXT/OneVision's `image_newline` is a bare parameter of `model`: a LoRA adapter cannot save it.
+        ModelFamily("llava_next", **_LLAVA_LIKE),
+        ModelFamily("llava_onevision", **_LLAVA_LIKE),
+        ModelFamily("paligemma", **_LLAVA_LIKE),
+        ModelFamily("gemma3", **_LLAVA_LIKE),
+        ModelFamily("internvl", **_LLAVA_LIKE),
+        ModelFamily("mllama", vision=("model.vision_model",), projector=("model.multi_modal_projector",),
+                    decoder="model.language_model"),
+        ModelFamily("qwen2_vl", **_QWEN_VL),
+        ModelFamily("qwen2_5_vl", **_QWEN_VL),
+        ModelFamily("qwen3_vl", vision=("model.visual",),
+                    projector=("model.visual.merger", "model.visual.deepstack_merger_list"),
+                    decoder="model.language_model"),
+        ModelFamily("idefics3", **_IDEFICS),
+        ModelFamily("smolvlm", **_IDEFICS),
+    )
+}
+
+
+def model_type_of(model_or_config: Any) -> str:
+    """The transformers `model_type` of a model (peft-wrapped or not), a config object or a config dict."""
+    config = model_or_config
+    if hasattr(config, "get_base_model"):
+        config = config.get_base_model()
+    config = getattr(config, "config", config)
+    model_type = config.get("model_type") if isinstance(config, dict) else getattr(config, "model_type", None)
+    if not model_type:
+        raise UnknownModelFamily(f"cannot tell the model type of {type(model_or_config).__name__}: no `model_type`")
+    return model_type
+
+
+def resolve_family(model_or_config: Any, overrides: FamilyConfig | None = None) -> ModelFamily:
+    """The family of a model or config, with the params' `model.family` overrides applied.
+
+    An unknown model type is an error naming it, unless the overrides name a known family (`name`) or
+    give the whole layout (`vision`, `projector`, `decoder`).
+    """
+    overrides = overrides or FamilyConfig()
+    model_type = model_type_of(model_or_config)
+    known = FAMILIES.get(overrides.name or model_type)
+    if overrides.name and known is None:
+        raise UnknownModelFamily(f"model.family.name: {overrides.name!r} is not a known family "
+                                 f"({', '.join(sorted(FAMILIES))})")
+    changes = {key: tuple(value) if isinstance(value, list) else value
+               for key, value in dataclasses.asdict(overrides).items() if key != "name" and value is not None}
+    if known is None:
+        missing = [key for key in ("vision", "projector", "decoder") if key not in changes]
+        if missing:
+            raise UnknownModelFamily(
+                f"model type {model_type!r} is not in rlhfv_nb.families (known: {', '.join(sorted(FAMILIES))}); "
+                f"set model.family.name to the family it is built like, or give model.family.{', '.join(missing)} "
+                "(module paths as model.named_modules() names them)")
+        return ModelFamily(name=model_type, **changes)
+    return dataclasses.replace(known, **changes)
+
+
+def lora_modules(family: ModelFamily, lora: LoraConfig) -> tuple[str, list[str]]:
+    """peft's `target_modules` regex and `modules_to_save` list: the params' values, else the family's."""
+    targets = lora.target_modules if lora.target_modules is not None else family.lora_target_modules
+    saved = lora.modules_to_save if lora.modules_to_save is not None else family.modules_to_save
+    return targets, list(saved)
+
+
+def check_modules_exist(module_names: list[str], paths: list[str], what: str, family: ModelFamily) -> None:
+    """Raise when a configured module path matches none of the model's modules (it would be silently ignored)."""
+    for path in paths:
+        if not any(_inside(name, path) for name in module_names):
+            raise ValueError(f"{what}: {path!r} matches no module of this {family.name} model; its layout is "
+                             f"vision {list(family.vision)}, projector {list(family.projector)}, decoder "
+                             f"{family.decoder!r} (override with model.family or model.lora)")
