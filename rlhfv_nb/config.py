@@ -359,16 +359,7 @@ def load_config(source: str | Path | dict[str, Any] | None = None, **overrides: 
     """
     values: dict[str, Any] = {}
     if isinstance(source, (str, Path)):
-        path = Path(source)
-        if not path.exists():
-            raise ConfigError(f"params file {str(path)!r} does not exist")
-        try:
-            loaded = yaml.safe_load(path.read_text()) or {}
-        except yaml.YAMLError as err:
-            raise ConfigError(f"{path}: not valid YAML: {err}") from err
-        if not isinstance(loaded, dict):
-            raise ConfigError(f"{path}: expected a mapping of sections, got {type(loaded).__name__}")
-        values = loaded
+        values = read_params_file(Path(source))
     elif isinstance(source, dict):
         values = dict(source)
     for key, value in overrides.items():
@@ -381,6 +372,27 @@ def load_config(source: str | Path | dict[str, Any] | None = None, **overrides: 
     except ConfigError as err:
         where = f"{source}: " if isinstance(source, (str, Path)) else ""
         raise ConfigError(f"{where}{err}") from None
+
+
+def read_params_file(path: Path, seen: tuple[Path, ...] = ()) -> dict[str, Any]:
+    """The values of a params YAML file; `extends: other.yaml` (relative to the file) merges it over that preset."""
+    if not path.exists():
+        raise ConfigError(f"params file {str(path)!r} does not exist")
+    try:
+        loaded = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{path}: not valid YAML: {err}") from err
+    if not isinstance(loaded, dict):
+        raise ConfigError(f"{path}: expected a mapping of sections, got {type(loaded).__name__}")
+    base = loaded.pop("extends", None)
+    if base is None:
+        return loaded
+    if not isinstance(base, str):
+        raise ConfigError(f"{path}: extends: expected a params file name, got {base!r}")
+    base_path = path.parent / base
+    if base_path.resolve() in seen:
+        raise ConfigError(f"{path}: extends: {base!r} extends this file again (a cycle)")
+    return _deep_merge(read_params_file(base_path, (*seen, path.resolve())), loaded)
 
 
 def _deep_merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:

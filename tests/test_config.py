@@ -149,3 +149,25 @@ def test_notebook_config_reads_section_variables_only():
     cfg = notebook_config(namespace)
     assert cfg.ddpo.gamma == 1.1 and cfg.seed == 3
     assert _diff(Config().to_dict(), cfg.to_dict()) == {"ddpo.gamma", "seed"}
+
+
+def test_a_preset_extends_another_and_overrides_only_what_it_names(tmp_path):
+    (tmp_path / "base.yaml").write_text("name: base\nmodel: {base: org/base, lora: {enabled: true, r: 8}}\n"
+                                        "ddpo: {beta: 0.1}\n")
+    (tmp_path / "child.yaml").write_text("extends: base.yaml\nname: child\nmodel: {base: org/child, lora: {r: 4}}\n")
+    cfg = load_config(tmp_path / "child.yaml")
+    assert (cfg.name, cfg.model.base, cfg.model.lora.enabled, cfg.model.lora.r, cfg.ddpo.beta) == \
+        ("child", "org/child", True, 4, 0.1)
+    (tmp_path / "base.yaml").write_text("extends: child.yaml\n")
+    with pytest.raises(ConfigError, match="a cycle"):
+        load_config(tmp_path / "child.yaml")
+    (tmp_path / "child.yaml").write_text("extends: nowhere.yaml\n")
+    with pytest.raises(ConfigError, match="nowhere.yaml.*does not exist"):
+        load_config(tmp_path / "child.yaml")
+
+
+def test_family_overrides_are_typed_and_checked():
+    cfg = load_config({"model": {"family": {"name": "llava", "vision": ["model.vision_tower"]}}})
+    assert cfg.model.family.vision == ["model.vision_tower"] and cfg.model.family.decoder is None
+    with pytest.raises(ConfigError, match=r"model.family.visoin: unknown key \(did you mean 'vision'\?\)"):
+        load_config({"model": {"family": {"visoin": ["x"]}}})
