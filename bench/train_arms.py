@@ -28,7 +28,7 @@ from bench.common import cuda_peak_mib, peak_rss_mib, rss_mib  # noqa: E402
 from rlhfv_nb.config import DDPOConfig, ModelConfig, load_config  # noqa: E402
 from rlhfv_nb.data import decode_image, read_parquet  # noqa: E402
 from rlhfv_nb.ddpo import ddpo_loss  # noqa: E402
-from rlhfv_nb.families import lora_modules, resolve_family  # noqa: E402
+from rlhfv_nb.families import lora_modules, peft_modules_to_save, resolve_family  # noqa: E402
 from rlhfv_nb.features import PairCollator, response_ids  # noqa: E402
 from rlhfv_nb.files import write_json  # noqa: E402
 from rlhfv_nb.logps import read_cache, reference_logps  # noqa: E402
@@ -163,7 +163,7 @@ def trl_peft_config(model: Any, model_cfg: ModelConfig) -> Any:
     cfg = model_cfg.lora
     targets, saved = lora_modules(resolve_family(model, model_cfg.family), cfg)
     return PeftLoraConfig(r=cfg.r, lora_alpha=cfg.alpha, lora_dropout=cfg.dropout, target_modules=targets,
-                          modules_to_save=saved or None, task_type="CAUSAL_LM")
+                          modules_to_save=peft_modules_to_save(model, saved) or None, task_type="CAUSAL_LM")
 
 
 def trl_dataset(spec: ArmSpec) -> datasets.Dataset:

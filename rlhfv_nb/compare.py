@@ -17,8 +17,8 @@ from PIL import Image
 from transformers import PreTrainedModel, ProcessorMixin, TextIteratorStreamer
 
 from rlhfv_nb.config import ModelConfig
-from rlhfv_nb.features import prompt_text
-from rlhfv_nb.generate import GenerationSettings
+from rlhfv_nb.features import encode_prompts
+from rlhfv_nb.generate import GenerationSettings, stop_tokens
 from rlhfv_nb.modeling import load_model, load_processor
 
 
@@ -48,11 +48,11 @@ class Answerer:
     def stream(self, image: Image.Image, question: str, settings: GenerationSettings) -> Iterator[str]:
         """The answer so far, after each decoded piece (greedy `generate` in a thread with a text streamer)."""
         tokenizer = self.processor.tokenizer
-        inputs = self.processor(text=[prompt_text(self.processor, question)], images=[image], return_tensors="pt")
+        inputs = encode_prompts(self.processor, [image], [question], padding_side="left")
         device = next(self.model.parameters()).device
         streamer = TextIteratorStreamer(tokenizer, skip_prompt=True, skip_special_tokens=True)
         kwargs = dict(**{k: v.to(device) for k, v in inputs.items()}, **settings.generate_kwargs(), streamer=streamer,
-                      pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id)
+                      **stop_tokens(self.model, tokenizer))
         errors: list[Exception] = []
 
         def run() -> None:  # the lock and the active adapter are held by this thread, for generation only

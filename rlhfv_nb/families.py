@@ -144,6 +144,20 @@ def lora_modules(family: ModelFamily, lora: LoraConfig) -> tuple[str, list[str]]
     return targets, list(saved)
 
 
+def peft_modules_to_save(model: Any, paths: list[str]) -> list[str]:
+    """`paths` as peft can wrap them: a module list (Qwen3-VL's DeepStack mergers) becomes its members."""
+    import torch
+
+    out = []
+    for path in paths:
+        module = model.get_submodule(path)
+        if isinstance(module, (torch.nn.ModuleList, torch.nn.ModuleDict)):
+            out += [f"{path}.{name}" for name, _ in module.named_children()]
+        else:
+            out.append(path)
+    return out
+
+
 def check_modules_exist(module_names: list[str], paths: list[str], what: str, family: ModelFamily) -> None:
     """Raise when a configured module path matches none of the model's modules (it would be silently ignored)."""
     for path in paths:

@@ -7,11 +7,13 @@ so every stage sees exactly the same tokens.
 from __future__ import annotations
 
 import inspect
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import torch
+from PIL import Image
 from transformers import ProcessorMixin
 
 from rlhfv_nb.data import decode_image
@@ -73,12 +75,22 @@ def response_ids(processor: ProcessorMixin, question: str, answer: str) -> list[
         [user_message(question), {"role": "assistant", "content": [{"type": "text", "text": answer}]}],
         tokenize=False,
     )
+    if not full.startswith(prompt):
+        # Some templates render the assistant header differently in a whole conversation than as the generation
+        # prompt (LLaVA-OneVision: "assistant \n" vs "assistant\n"): the answer follows the generation prompt,
+        # as the model generates it, with the template's own ending.
+        seam = len(os.path.commonprefix([prompt, full]))
+        at = full.find(answer.strip(), seam)
+        if at < 0:
+            raise ValueError(f"the chat template does not render the answer {answer!r} after the prompt of "
+                             f"{question!r}; its tokens cannot be separated from the prompt's")
+        full = prompt + full[at:]
     special = adds_bos(processor, prompt)
     prompt_ids = tokenizer(prompt, add_special_tokens=special)["input_ids"]
     full_ids = tokenizer(full, add_special_tokens=special)["input_ids"]
     if full_ids[: len(prompt_ids)] != prompt_ids:
-        raise ValueError(f"the chat template renders the prompt of {question!r} differently once an answer follows; "
-                         "the answer's tokens cannot be separated from the prompt's")
+        raise ValueError(f"the prompt of {question!r} tokenises differently once an answer follows; the answer's "
+                         "tokens cannot be separated from the prompt's")
     return end_of_turn(full_ids[len(prompt_ids):], tokenizer)
 
 
@@ -88,16 +100,22 @@ def prompt_length(processor: ProcessorMixin, question: str, image_data: bytes) -
 
 
 def encode_prompts(processor: ProcessorMixin, images: Sequence[Any], questions: Sequence[str], padding_side: str):
-    """The processor's batch (ids, attention mask, pixel values, ...) for prompts of one image each."""
+    """The processor's batch (ids, attention mask, pixel values, ...) for prompts of one image each.
+
+    Images are PIL images or encoded image cells, passed nested per prompt (one list each, as every family's
+    processor accepts and several require).
+    """
     prompts = [prompt_text(processor, q) for q in questions]
-    return processor(
+    encoded = processor(
         text=prompts,
-        images=[[decode_image(data)] for data in images],
+        images=[[image if isinstance(image, Image.Image) else decode_image(image)] for image in images],
         return_tensors="pt",
         padding=True,
         padding_side=padding_side,
         add_special_tokens=adds_bos(processor, prompts[0]),
     )
+    encoded.pop("labels", None)  # PaliGemma's processor labels every prompt (all masked); labels are built here
+    return encoded
 
 
 # Processor outputs that hold one value per token; the rest (pixels, grid sizes) are per image.

@@ -70,6 +70,13 @@ def _check_settings(path: Path, settings: GenerationSettings) -> None:
         sidecar.write_text(json.dumps(wanted, indent=1))
 
 
+def stop_tokens(model: PreTrainedModel, tokenizer: Any) -> dict[str, Any]:
+    """`generate`'s padding and stop tokens: the model's own stop tokens (its generation config may list several,
+    e.g. Gemma3's <end_of_turn>, Qwen's <|im_end|>), the tokenizer's EOS only where the model names none."""
+    stop = model.generation_config.eos_token_id
+    return {"pad_token_id": tokenizer.pad_token_id, "eos_token_id": tokenizer.eos_token_id if stop is None else stop}
+
+
 @torch.no_grad()
 def generate_batch(
     model: PreTrainedModel, processor: ProcessorMixin, images: Sequence[bytes], questions: Sequence[str],
@@ -80,13 +87,7 @@ def generate_batch(
     device = next(model.parameters()).device
     encoded = {key: value.to(device) for key, value in encoded.items()}
     tokenizer = processor.tokenizer
-    # Stops on the model's own stop tokens (its generation config may list several: Gemma3's <end_of_turn>,
-    # Qwen's <|im_end|>); the tokenizer's EOS only where the model names none.
-    stop = model.generation_config.eos_token_id
-    output = model.generate(
-        **encoded, **settings.generate_kwargs(), pad_token_id=tokenizer.pad_token_id,
-        eos_token_id=tokenizer.eos_token_id if stop is None else stop,
-    )
+    output = model.generate(**encoded, **settings.generate_kwargs(), **stop_tokens(model, tokenizer))
     new_tokens = output[:, encoded["input_ids"].shape[1]:]
     texts = processor.batch_decode(new_tokens, skip_special_tokens=True)
     lengths = (new_tokens != tokenizer.pad_token_id).sum(-1).tolist()

@@ -1,7 +1,8 @@
 """Load a vision-language model and its processor by hub id or folder; build the offline tiny model.
 
 Every model, the tiny one included, goes through `load_model` -> `AutoModelForImageTextToText` and
-`AutoProcessor.from_pretrained`, so tests exercise the code path a real run uses.
+`load_processor` (`AutoProcessor`, or its image-only form without torchvision), so tests exercise the code
+path a real run uses.
 """
 
 from __future__ import annotations
@@ -16,7 +17,6 @@ from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers,
 from transformers import (
     AutoConfig,
     AutoModelForImageTextToText,
-    AutoProcessor,
     BitsAndBytesConfig,
     CLIPImageProcessor,
     CLIPVisionConfig,
@@ -29,6 +29,7 @@ from transformers import (
     ProcessorMixin,
 )
 
+from rlhfv_nb import processing
 from rlhfv_nb.config import ModelConfig, TinyModelConfig
 from rlhfv_nb.families import ModelFamily, resolve_family
 
@@ -161,8 +162,8 @@ def quantization_config(cfg: ModelConfig, family: ModelFamily) -> BitsAndBytesCo
 
 
 def load_processor(path: str | Path, cfg: ModelConfig) -> ProcessorMixin:
-    """The processor (tokenizer + image processor + chat template) saved with a model."""
-    processor = AutoProcessor.from_pretrained(str(path), trust_remote_code=cfg.trust_remote_code)
+    """The processor (tokenizer + image processor + chat template) saved with a model (`rlhfv_nb.processing`)."""
+    processor = processing.load_processor(path, trust_remote_code=cfg.trust_remote_code)
     tokenizer = processor.tokenizer
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token

@@ -77,6 +77,11 @@ def _sub(config: Any, *names: str, default: Any = None) -> Any:
     return default
 
 
+def _pair(value: int | list[int] | tuple[int, ...]) -> tuple[int, int]:
+    """A size given as one number or as (height, width) (InternVL's vision config)."""
+    return (value, value) if isinstance(value, int) else (value[0], value[-1])
+
+
 def _image_token_counts(config: Any, vision: Any) -> tuple[int, int]:
     """(tokens through the vision encoder, tokens handed to the decoder) for one image.
 
@@ -86,8 +91,7 @@ def _image_token_counts(config: Any, vision: Any) -> tuple[int, int]:
     """
     patch = _sub(vision, "patch_size", default=14)
     side = _sub(vision, "image_size", default=DYNAMIC_IMAGE_SIDE)
-    side = side if isinstance(side, int) else max(side)
-    patches = (side // patch) ** 2
+    patches = math.prod(s // p for s, p in zip(_pair(side), _pair(patch)))
     cls_token = 1 if vision.model_type in ("clip_vision_model", "mllama_vision_model") else 0
     if getattr(config, "mm_tokens_per_image", None):
         return patches, config.mm_tokens_per_image

@@ -20,7 +20,7 @@ from transformers.trainer_utils import get_last_checkpoint
 
 from rlhfv_nb.config import DDPOConfig, ModelConfig, TrainConfig
 from rlhfv_nb.ddpo import ddpo_loss, sequence_logps, token_logps
-from rlhfv_nb.families import check_modules_exist, lora_modules, resolve_family
+from rlhfv_nb.families import check_modules_exist, lora_modules, peft_modules_to_save, resolve_family
 from rlhfv_nb.features import PairCollator, SFTCollator
 
 log = logging.getLogger(__name__)
@@ -105,6 +105,7 @@ def prepare_for_training(model: PreTrainedModel, cfg: ModelConfig) -> PreTrained
 
         targets, saved = lora_modules(family, cfg.lora)
         check_modules_exist([name for name, _ in model.named_modules()], saved, "model.lora.modules_to_save", family)
+        saved = peft_modules_to_save(model, saved)
         lora = LoraConfig(
             r=cfg.lora.r,
             lora_alpha=cfg.lora.alpha,
