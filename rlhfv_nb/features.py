@@ -160,6 +160,8 @@ def build_batch(
         raise ValueError(f"{type(processor).__name__} returns {unknown}, shaped like the token ids: add them to "
                          "rlhfv_nb.features.PER_TOKEN_KEYS with their value for answer tokens")
     lengths = encoded["attention_mask"].sum(-1).tolist()
+    if any(not mask[:length].all() for mask, length in zip(encoded["attention_mask"], lengths)):
+        raise ValueError(f"{type(processor).__name__} did not pad the prompts on the right as asked")
     totals = [length + len(response) for length, response in zip(lengths, responses)]
     width = max(totals)
     inputs = {key: value for key, value in encoded.items() if key not in PER_TOKEN_KEYS}

