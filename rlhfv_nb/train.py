@@ -172,8 +172,10 @@ class DDPOTrainer(Trainer):
         logits = model(**inputs, use_cache=False).logits
         policy_token_logps, mask = token_logps(logits, labels)
         average = self.ddpo.use_average
+        ref_token_logps = ref_token_logps.to(policy_token_logps.dtype)
         policy = sequence_logps(policy_token_logps, mask, weights, average)
-        reference = sequence_logps(ref_token_logps.to(policy.dtype), mask, weights, average)
+        reference = sequence_logps(ref_token_logps, mask, weights, average)
+        plain, plain_ref = sequence_logps(policy_token_logps, mask), sequence_logps(ref_token_logps, mask)
         half = policy.shape[0] // 2
         losses, chosen_rewards, rejected_rewards = ddpo_loss(
             policy[:half], policy[half:], reference[:half], reference[half:], self.ddpo.beta
@@ -187,10 +189,16 @@ class DDPOTrainer(Trainer):
                 "rewards/rejected": rejected_rewards,
                 "rewards/accuracies": (chosen_rewards > rejected_rewards).float(),
                 "rewards/margins": chosen_rewards - rejected_rewards,
-                "logps/chosen": policy[:half].detach(),
-                "logps/rejected": policy[half:].detach(),
-                "logps_ref/chosen": reference[:half],
-                "logps_ref/rejected": reference[half:],
+                # Summed per-token log-probs of the answers, as TRL logs them; the DDPO scores (gamma-weighted,
+                # averaged when use_average) are what the loss compares, under their own name.
+                "logps/chosen": plain[:half].detach(),
+                "logps/rejected": plain[half:].detach(),
+                "logps_ref/chosen": plain_ref[:half],
+                "logps_ref/rejected": plain_ref[half:],
+                "scores/chosen": policy[:half].detach(),
+                "scores/rejected": policy[half:].detach(),
+                "scores_ref/chosen": reference[:half],
+                "scores_ref/rejected": reference[half:],
                 "ddpo_loss": losses.detach(),
             }
         )

@@ -272,8 +272,16 @@ def test_policy_equals_reference_at_step_zero(ddpo_setup):
     # the reference cache was computed in other batches (of 3), yet every score matches the training forward
     assert loss == pytest.approx(math.log(2), abs=1e-5)
     assert metrics["rewards/chosen"] == pytest.approx(0.0, abs=1e-5)
-    assert metrics["logps/chosen"] == pytest.approx(metrics["logps_ref/chosen"], abs=1e-4)
-    assert metrics["logps/rejected"] == pytest.approx(metrics["logps_ref/rejected"], abs=1e-4)
+    for name in ("logps/chosen", "logps/rejected", "scores/chosen", "scores/rejected"):
+        ref = name.replace("/", "_ref/")
+        assert metrics[name] == pytest.approx(metrics[ref], abs=1e-4)
+    # logps are the plain summed log-probs; scores the gamma-weighted sums the loss compares (use_average off here)
+    rows = [pairs[i] for i in range(len(pairs))]
+    plain = [sum(r["ref_chosen_logps"]) for r in rows]
+    weighted = [sum(w * lp for w, lp in zip(r["chosen_weights"], r["ref_chosen_logps"])) for r in rows]
+    assert metrics["logps_ref/chosen"] == pytest.approx(sum(plain) / len(rows), abs=1e-4)
+    assert metrics["scores_ref/chosen"] == pytest.approx(sum(weighted) / len(rows), abs=1e-4)
+    assert not cfg.ddpo.use_average and metrics["scores_ref/chosen"] != pytest.approx(metrics["logps_ref/chosen"])
 
 
 def test_ddpo_steps_lower_the_loss_on_a_fixed_batch(ddpo_setup, tmp_path):
@@ -295,6 +303,6 @@ def test_sft_term_subtracts_alpha_times_chosen_score(ddpo_setup):
     alpha = 0.5
     cfg = dataclasses.replace(cfg, ddpo=dataclasses.replace(cfg.ddpo, sft_weight=alpha))
     loss, metrics = _batch_loss(cfg, model, processor, pairs)
-    # upstream's optional term: loss = DDPO loss - alpha * mean S_pi(chosen)
-    assert loss == pytest.approx(metrics["ddpo_loss"] - alpha * metrics["logps/chosen"], rel=1e-5)
+    # upstream's optional term: loss = DDPO loss - alpha * mean S_pi(chosen), the (weighted) DDPO score
+    assert loss == pytest.approx(metrics["ddpo_loss"] - alpha * metrics["scores/chosen"], rel=1e-5)
     assert loss != pytest.approx(metrics["ddpo_loss"], rel=1e-3)  # the term is not negligible here
