@@ -43,20 +43,22 @@ ANSWERS = [("Is there a dog?", "Yes", "No, there is a cat on the mat."),
 
 
 @pytest.fixture(scope="session")
-def zoo(tmp_path_factory) -> Callable[[str], Path]:
+def zoo(tmp_path_factory) -> Callable[..., Path]:
     """The tiny model folder of a family, built once per session with its real tokenizer and template."""
     root, built = tmp_path_factory.mktemp("zoo"), {}
 
-    def folder(family: str) -> Path:
-        if family not in built:
-            name = TOKENIZER_FOR_FAMILY.get(family)
+    def folder(family: str, tokenizer: str | None = None, template: str | None = None) -> Path:
+        """`tokenizer` and `template` name another real tokenizer and template than the family's default."""
+        key = (family, tokenizer, template)
+        if key not in built:
+            name = tokenizer or TOKENIZER_FOR_FAMILY.get(family)
             try:
-                template = chat_template(family)
+                text = chat_template(template or family)
             except KeyError:  # PaliGemma has none: its answer is the processor's suffix
-                template = None
-            built[family] = build_tiny(family, root / family, tokenizer=load_tokenizer(name) if name else None,
-                                       chat_template=template)
-        return built[family]
+                text = None
+            built[key] = build_tiny(family, root / "-".join(filter(None, key)),
+                                    tokenizer=load_tokenizer(name) if name else None, chat_template=text)
+        return built[key]
 
     return folder
 
@@ -153,6 +155,19 @@ def test_answer_ids_follow_the_prompt_as_in_the_whole_conversation(family, zoo):
         _assert_as_in_the_conversation(ids, _conversation_answer_ids(processor, question, answer), tokenizer)
         assert ids[-1] in special and not any(i in special for i in ids[:-1]), "not exactly one end-of-turn token"
         assert tokenizer.decode(ids[:-1]).strip() == answer
+
+
+def test_llava_next_mistral_answers_end_once_with_its_template_eos(zoo):
+    """llava-v1.6-mistral-7b-hf: Mistral's vocabulary (npm "llama2") and its template, which has no generation
+    prompt branch and renders a turn as `[INST] ... [/INST] answer</s> `."""
+    processor = load_processor(zoo("llava_next", "llama2", "llava_next_mistral"), ModelConfig())
+    tokens = processor.tokenizer.convert_ids_to_tokens
+    for answer in TRICKY_ANSWERS:
+        ids = response_ids(processor, "Describe the image.", answer)
+        _assert_as_in_the_conversation(ids, _conversation_answer_ids(processor, "Describe the image.", answer),
+                                       processor.tokenizer)
+        assert ids.count(processor.tokenizer.eos_token_id) == 1 and ids[-1] == processor.tokenizer.eos_token_id
+    assert tokens(response_ids(processor, "Is there a dog?", "Yes")) == ["\u2581Yes", "</s>"]
 
 
 def test_real_tokenizers_give_the_tokens_the_model_generates(zoo):
