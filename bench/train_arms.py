@@ -63,10 +63,12 @@ class ArmSpec:
 
     @property
     def model_cfg(self) -> ModelConfig:
-        return load_config({"model": {**self.model, "gradient_checkpointing": self.gradient_checkpointing}}).model
+        # freeze_vision as the measured runs had it (bench/README); the rest is the arm's
+        return load_config({"model": {"freeze_vision": True, **self.model,
+                                      "gradient_checkpointing": self.gradient_checkpointing}}).model
 
     def ddpo_cfg(self) -> DDPOConfig:
-        return DDPOConfig(gamma=self.gamma, beta=self.beta, use_average=False, epochs=self.epochs,
+        return DDPOConfig(gamma=self.gamma, beta=self.beta, use_average=False, epochs=self.epochs, grad_accum=1,
                           max_steps=self.max_steps, batch_size=self.batch_size, lr=self.lr, scheduler=self.scheduler,
                           warmup_ratio=0.0, weight_decay=0.0, logging_steps=1, bf16=self.bf16,
                           ref_batch_size=self.ref_batch_size)

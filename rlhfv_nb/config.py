@@ -1,8 +1,10 @@
 """Typed run parameters: loaded from `params/*.yaml` or notebook variables, validated with clear errors.
 
-Every section is a dataclass whose defaults are the `cpu-tiny` preset, so a partial dict (a test or
-a papermill override) only changes the keys it names. Unknown keys, wrong types and missing local
-files raise `ConfigError` naming the dotted key.
+Every section is a dataclass whose defaults are the upstream recipe's values (RLHF-V's released recipe,
+README since Feb 2024: gamma 1.1, beta 0.1, summed scores, lr 5e-7, global batch 8, ~3 epochs, no SFT
+term, all parameters trained on LLaVA-1.5-7B) or neutral ones; every preset, `cpu-tiny` included, spells
+out what it changes. A partial dict only changes the keys it names. Unknown keys, wrong types and
+missing local files raise `ConfigError` naming the dotted key.
 """
 
 from __future__ import annotations
@@ -79,30 +81,30 @@ class FamilyConfig:
 class ModelConfig:
     """Which base vision-language model to load, and how."""
 
-    base: str = "tiny"  # "tiny" builds the offline tiny model; otherwise a hub id or a local folder
+    base: str = "llava-hf/llava-1.5-7b-hf"  # a hub id or local folder; "tiny" builds the offline tiny model
     tiny: TinyModelConfig = field(default_factory=TinyModelConfig)
     dtype: str = "float32"  # float32 | bfloat16 | float16
     attn_implementation: str = "sdpa"  # sdpa | eager | flash_attention_2 (falls back to sdpa if missing)
     load_in_4bit: bool = False  # NF4 + double quantization through bitsandbytes (QLoRA)
     lora: LoraConfig = field(default_factory=LoraConfig)
     family: FamilyConfig = field(default_factory=FamilyConfig)
-    gradient_checkpointing: bool = False
+    gradient_checkpointing: bool = True
     trust_remote_code: bool = False
-    freeze_vision: bool = True  # keep the vision encoder fixed (not its projector) in SFT and DDPO, as LLaVA-1.5
+    freeze_vision: bool = False  # true: keep the vision encoder (not its projector) fixed; upstream trains all
 
 
 @dataclass
 class DataConfig:
     """Where SFT data and preference pairs come from, and how bad rows are handled."""
 
-    sft_source: str = "synthetic"  # "synthetic" | hub id | local parquet/folder
-    preferences: str = "feedback"  # "feedback" (collected after SFT) | hub id | local path
+    sft_source: str = "openbmb/RLHF-V-Dataset"  # "synthetic" | hub id | local parquet/folder
+    preferences: str = "openbmb/RLHF-V-Dataset"  # "feedback" (collected after SFT) | hub id | local path
     world: dict[str, Any] = field(default_factory=dict)  # rlhfv_nb.world.WorldConfig overrides
     sft_images: int = 1500
     feedback_images: int = 2000
     eval_images: int = 500
     max_pairs: int | None = None
-    max_length: int = 192
+    max_length: int = 2048
     on_bad_row: str = "skip"  # skip | error
     split: str = "train"
     show_examples: int = 4
@@ -114,25 +116,26 @@ class TrainConfig:
 
     epochs: float = 1.0
     max_steps: int = -1  # > 0 overrides epochs
-    batch_size: int = 8
-    grad_accum: int = 1
-    lr: float = 1e-3
+    batch_size: int = 1
+    grad_accum: int = 8
+    lr: float = 5e-7
     scheduler: str = "cosine"
     warmup_ratio: float = 0.03
     weight_decay: float = 0.0
     max_grad_norm: float = 1.0
     logging_steps: int = 10
     save_steps: int = 0  # 0: save only at the end
-    bf16: bool = False
-    tf32: bool = False
+    bf16: bool = True  # bf16 autocast over the loaded weights (upstream trains in bf16)
+    tf32: bool = False  # needs an Ampere or newer GPU
     num_workers: int = 0
 
 
 @dataclass
 class SFTConfig(TrainConfig):
-    """Supervised fine-tuning; `enabled: false` uses the base model as the SFT model (e.g. LLaVA-1.5)."""
+    """Supervised fine-tuning; `enabled: false` uses the base model as the SFT model (e.g. LLaVA-1.5, which is
+    already instruction-tuned: the default)."""
 
-    enabled: bool = True
+    enabled: bool = False
 
 
 @dataclass
@@ -151,13 +154,13 @@ class FeedbackConfig:
 class DDPOConfig(TrainConfig):
     """DDPO: DPO with changed tokens weighted by gamma (gamma = 1 is plain DPO)."""
 
-    gamma: float = 5.0
-    beta: float = 0.5
-    use_average: bool = True
-    sft_weight: float = 0.0
+    gamma: float = 1.1
+    beta: float = 0.1
+    use_average: bool = False
+    sft_weight: float = 0.0  # upstream's optional SFT term (- sft_weight * S(chosen)); 0 upstream
     min_match: int = 3
-    ablation_gammas: list[float] = field(default_factory=lambda: [1.0])
-    ref_batch_size: int = 32
+    ablation_gammas: list[float] = field(default_factory=list)  # e.g. [1.0]: also train plain DPO
+    ref_batch_size: int = 8
 
 
 @dataclass
@@ -174,11 +177,11 @@ class JudgeConfig:
 class EvalConfig:
     """Generation settings and benchmarks for notebook 04."""
 
-    benchmarks: list[str] = field(default_factory=lambda: ["world_chair", "world_pope"])
-    max_new_tokens: int = 64
-    num_beams: int = 1
-    repetition_penalty: float = 1.0
-    batch_size: int = 32
+    benchmarks: list[str] = field(default_factory=lambda: ["object_halbench", "mmhal_bench", "llava_bench", "pope"])
+    max_new_tokens: int = 1024  # upstream generation: beam 3, up to 1024 new tokens, repetition penalty 1.1
+    num_beams: int = 3
+    repetition_penalty: float = 1.1
+    batch_size: int = 8
     judge: JudgeConfig = field(default_factory=JudgeConfig)
     coco_dir: str | None = None
     limit: int | None = None
@@ -210,14 +213,14 @@ class LaunchConfig:
 class Config:
     """All parameters of one run; `run_dir` holds every artifact the stages write."""
 
-    name: str = "cpu-tiny"
+    name: str = "rlhfv"
     seed: int = 0
-    run_dir: str = "runs/cpu-tiny"
+    run_dir: str = "runs/rlhfv"
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
-    sft: SFTConfig = field(default_factory=lambda: SFTConfig(epochs=8.0, batch_size=32, lr=2e-3))
+    sft: SFTConfig = field(default_factory=lambda: SFTConfig(lr=2e-5))
     feedback: FeedbackConfig = field(default_factory=FeedbackConfig)
-    ddpo: DDPOConfig = field(default_factory=lambda: DDPOConfig(epochs=3.0, batch_size=16, lr=5e-4, sft_weight=1.0))
+    ddpo: DDPOConfig = field(default_factory=lambda: DDPOConfig(epochs=3.0))
     evaluation: EvalConfig = field(default_factory=EvalConfig)
     demo: DemoConfig = field(default_factory=DemoConfig)
     launch: LaunchConfig = field(default_factory=LaunchConfig)
@@ -406,5 +409,11 @@ def _deep_merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
 
 
 def notebook_config(namespace: dict[str, Any]) -> Config:
-    """The config of a notebook from its parameter variables (the `parameters` cell plus papermill's)."""
-    return load_config({key: namespace[key] for key in SECTIONS if key in namespace})
+    """The config of a notebook from its parameter variables (the `parameters` cell plus papermill's).
+
+    The preset named by `name` (`params/<name>.yaml`, e.g. cpu-tiny when a notebook runs without `-f`) is the
+    base the sections are merged over; a name with no preset file starts from the defaults.
+    """
+    sections = {key: namespace[key] for key in SECTIONS if key in namespace}
+    preset = project_root() / "params" / f"{sections.get('name', '')}.yaml"
+    return load_config(preset if preset.is_file() else None, **sections)

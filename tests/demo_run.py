@@ -7,7 +7,7 @@ import socket
 
 import torch
 from peft import LoraConfig, get_peft_model
-from tiny_run import SHAPE
+from tiny_run import CPU_TINY, SHAPE
 
 from rlhfv_nb import pipeline
 from rlhfv_nb.config import Config, load_config
@@ -26,7 +26,7 @@ def save_adapter(cfg: Config, base: str, out: str, seed: int) -> str:
 
 def make_demo_run(run_dir) -> Config:
     """Data (3 held-out world images), the tiny base, SFT and DDPO adapters where the pipeline expects them."""
-    cfg = load_config({"run_dir": str(run_dir), "model": {"tiny": vars(SHAPE)},
+    cfg = load_config(CPU_TINY, **{"run_dir": str(run_dir), "model": {"tiny": vars(SHAPE)},
                        "data": {"sft_images": 8, "feedback_images": 1, "eval_images": 3},
                        "demo": {"max_new_tokens": 12}})
     pipeline.prepare_data(cfg)

@@ -114,9 +114,9 @@ def test_error_from_a_file_names_the_file(tmp_path):
 
 def test_partial_override_changes_only_its_keys():
     defaults = Config().to_dict()
-    cfg = load_config({"ddpo": {"beta": 0.1}, "model": {"tiny": {"layers": 3}}})
+    cfg = load_config({"ddpo": {"beta": 0.5}, "model": {"tiny": {"layers": 3}}})
     assert _diff(defaults, cfg.to_dict()) == {"ddpo.beta", "model.tiny.layers"}
-    assert cfg.ddpo.beta == 0.1 and cfg.model.tiny.layers == 3
+    assert cfg.ddpo.beta == 0.5 and cfg.model.tiny.layers == 3
 
 
 def test_keyword_override_merges_over_a_params_file():
@@ -125,8 +125,21 @@ def test_keyword_override_merges_over_a_params_file():
     assert _diff(base.to_dict(), cfg.to_dict()) == {"ddpo.gamma", "model.lora.r"}
 
 
-def test_cpu_tiny_params_equal_the_defaults():
-    assert load_config(ROOT / "params" / "cpu-tiny.yaml").to_dict() == Config().to_dict()
+def test_defaults_are_the_released_upstream_recipe_not_the_miniature():
+    cfg = Config()
+    assert cfg.model.base == "llava-hf/llava-1.5-7b-hf" and not cfg.model.freeze_vision and not cfg.model.lora.enabled
+    assert (cfg.ddpo.gamma, cfg.ddpo.beta, cfg.ddpo.use_average, cfg.ddpo.sft_weight, cfg.ddpo.lr) == \
+        (1.1, 0.1, False, 0.0, 5e-7)
+    assert not cfg.sft.enabled and cfg.data.max_length == 2048 and cfg.data.preferences == "openbmb/RLHF-V-Dataset"
+
+
+def test_a_notebook_without_params_runs_the_preset_its_name_names():
+    cpu_tiny = load_config(ROOT / "params" / "cpu-tiny.yaml")
+    assert notebook_config({"name": "cpu-tiny", "model": {}, "ddpo": {}}).to_dict() == cpu_tiny.to_dict()
+    # papermill -f params/X.yaml injects X's sections and name: X's values, not cpu-tiny's, fill the gaps
+    full = notebook_config({"name": "full-8xa100", "ddpo": {"gamma": 5.0}})
+    assert _diff(load_config(ROOT / "params" / "full-8xa100.yaml").to_dict(), full.to_dict()) == {"ddpo.gamma"}
+    assert notebook_config({"name": "my-own-run"}).ddpo.sft_weight == 0.0  # no preset file: the defaults
 
 
 def test_defaults_are_independent_instances():
@@ -134,7 +147,7 @@ def test_defaults_are_independent_instances():
     a, b = load_config({}), load_config({})
     a.ddpo.ablation_gammas.append(9.0)
     a.model.tiny.layers = 7
-    assert b.ddpo.ablation_gammas == [1.0] and b.model.tiny.layers == Config().model.tiny.layers
+    assert b.ddpo.ablation_gammas == [] and b.model.tiny.layers == Config().model.tiny.layers
 
 
 @pytest.mark.parametrize("path", PARAMS, ids=[p.name for p in PARAMS])
@@ -145,9 +158,9 @@ def test_every_params_file_validates(path):
 
 
 def test_notebook_config_reads_section_variables_only():
-    namespace = {"ddpo": {"gamma": 1.1}, "seed": 3, "unrelated": object(), "In": []}
+    namespace = {"ddpo": {"gamma": 5.0}, "seed": 3, "unrelated": object(), "In": []}
     cfg = notebook_config(namespace)
-    assert cfg.ddpo.gamma == 1.1 and cfg.seed == 3
+    assert cfg.ddpo.gamma == 5.0 and cfg.seed == 3
     assert _diff(Config().to_dict(), cfg.to_dict()) == {"ddpo.gamma", "seed"}
 
 

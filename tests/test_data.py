@@ -9,7 +9,7 @@ import re
 import datasets
 import pytest
 from PIL import Image
-from tiny_run import SHAPE
+from tiny_run import CPU_TINY, SHAPE
 
 from rlhfv_nb.config import load_config
 from rlhfv_nb.data import (
@@ -170,7 +170,7 @@ def processor(tmp_path_factory):
 
     corpus = [f"USER: <image>\n{i['question']} ASSISTANT: {i['chosen']} {i['rejected']}</s>" for i in _items(6)]
     path = build_tiny_model(corpus * 3, SHAPE, tmp_path_factory.mktemp("tok") / "base", seed=0)
-    return load_processor(path, load_config({}).model)
+    return load_processor(path, load_config(CPU_TINY).model)
 
 
 def _write_preferences(run_dir, long_index: int) -> list[dict]:
@@ -190,14 +190,14 @@ def test_tokenise_pairs_skips_pairs_longer_than_max_length(tmp_path, processor):
                + max(len(response_ids(processor, r["question"], r[k])) for k in ("chosen", "rejected")) for r in rows]
     limit = max(lengths[i] for i in (0, 1, 3))  # the longest short pair fits exactly
     assert lengths[2] > limit
-    cfg = load_config({"run_dir": str(tmp_path), "data": {"max_length": limit}})
+    cfg = load_config(CPU_TINY, run_dir=str(tmp_path), data={"max_length": limit})
     pairs, bad = tokenise_pairs(cfg, processor)
     assert [p["uid"] for p in pairs] == ["0", "1", "3"]
     assert bad.count == 1 and bad.reasons == {f"longer than data.max_length ({limit})": ["2"]}
     assert pairs[0]["chosen_ids"] == response_ids(processor, rows[0]["question"], rows[0]["chosen"])
     assert pairs[0]["image"] == rows[0]["image"]
 
-    cfg = load_config({"run_dir": str(tmp_path), "data": {"max_length": limit, "on_bad_row": "error"}})
+    cfg = load_config(CPU_TINY, run_dir=str(tmp_path), data={"max_length": limit, "on_bad_row": "error"})
     with pytest.raises(DataError, match=re.escape(f"preferences.parquet: row 2 (id 2): {lengths[2]} tokens exceed")):
         tokenise_pairs(cfg, processor)
 

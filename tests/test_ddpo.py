@@ -14,7 +14,7 @@ import random
 
 import pytest
 import torch
-from tiny_run import make_run
+from tiny_run import CPU_TINY, make_run
 
 from rlhfv_nb.ddpo import IGNORE_INDEX, changed_token_spans, ddpo_loss, diff_token_weights, sequence_logps, token_logps
 
@@ -241,7 +241,7 @@ def ddpo_setup(tmp_path_factory):
 
     params = make_run(tmp_path_factory.mktemp("ddpo") / "run", pairs=4)
     params["ddpo"].update(max_steps=5, batch_size=4, lr=2e-3, use_average=False, sft_weight=0.0)  # the pure DDPO loss
-    cfg = load_config(params)
+    cfg = load_config(CPU_TINY, **params)
     processor = load_processor(cfg.run_path / "base", cfg.model)
     model = load_model(cfg.run_path / "base", cfg.model)
     rows, bad = tokenise_pairs(cfg, processor)

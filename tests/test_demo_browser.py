@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 from demo_run import free_port, make_demo_run
+from tiny_run import CPU_TINY
 
 from rlhfv_nb.config import load_config
 from rlhfv_nb.demo import Demo
@@ -43,7 +44,7 @@ def browser(tmp_path_factory):
 @pytest.fixture(scope="module")
 def demo(tmp_path_factory):
     run = os.environ.get("RLHFV_DEMO_RUN")
-    cfg = load_config(run_dir=run) if run else make_demo_run(tmp_path_factory.mktemp("demo-browser") / "run")
+    cfg = load_config(CPU_TINY, run_dir=run) if run else make_demo_run(tmp_path_factory.mktemp("demo-browser") / "run")
     return Demo.from_config(cfg)
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 from PIL import Image
-from tiny_run import SHAPE, make_run
+from tiny_run import CPU_TINY, SHAPE, make_run
 
 from rlhfv_nb.config import load_config
 from rlhfv_nb.data import encode_image
@@ -24,7 +24,7 @@ from rlhfv_nb.modeling import load_processor
 
 @pytest.fixture(scope="module")
 def processor(tmp_path_factory):
-    cfg = load_config(make_run(tmp_path_factory.mktemp("features") / "run", pairs=4))
+    cfg = load_config(CPU_TINY, **make_run(tmp_path_factory.mktemp("features") / "run", pairs=4))
     return load_processor(cfg.run_path / "base", cfg.model)
 
 

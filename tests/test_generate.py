@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 from PIL import Image
-from tiny_run import SHAPE, make_run
+from tiny_run import CPU_TINY, SHAPE, make_run
 
 from rlhfv_nb.config import load_config
 from rlhfv_nb.data import encode_image
@@ -19,7 +19,7 @@ GREEDY = GenerationSettings(max_new_tokens=8)
 
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
-    cfg = load_config(make_run(tmp_path_factory.mktemp("gen") / "run", pairs=4, seed=1))
+    cfg = load_config(CPU_TINY, **make_run(tmp_path_factory.mktemp("gen") / "run", pairs=4, seed=1))
     processor = load_processor(cfg.run_path / "base", cfg.model)
     model = load_model(cfg.run_path / "base", cfg.model)
     side = SHAPE.image_size

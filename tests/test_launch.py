@@ -5,7 +5,7 @@ from __future__ import annotations
 import sys
 
 import pytest
-from tiny_run import SHAPE
+from tiny_run import CPU_TINY, SHAPE
 
 from rlhfv_nb.config import ConfigError, load_config
 from rlhfv_nb.launch import (
@@ -40,7 +40,7 @@ def test_parse_command_applies_overrides_over_the_file(tmp_path):
 
 
 def test_written_params_reload_to_the_same_config(tmp_path):
-    cfg = load_config({"run_dir": str(tmp_path / "run"), "model": {"tiny": vars(SHAPE)}}, ddpo={"gamma": 1.1})
+    cfg = load_config(CPU_TINY, run_dir=str(tmp_path / "run"), model={"tiny": vars(SHAPE)}, ddpo={"gamma": 1.1})
     assert load_config(write_params(cfg, tmp_path / "launch" / "ddpo.yaml")) == cfg
 
 

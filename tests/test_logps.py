@@ -6,7 +6,7 @@ import shutil
 
 import pytest
 import torch
-from tiny_run import make_run
+from tiny_run import CPU_TINY, make_run
 
 from rlhfv_nb.config import load_config
 from rlhfv_nb.logps import cache_path, data_fingerprint, model_fingerprint, read_cache, reference_logps
@@ -16,7 +16,7 @@ from rlhfv_nb.pipeline import tokenise_pairs
 
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
-    cfg = load_config(make_run(tmp_path_factory.mktemp("logps") / "run", pairs=6))
+    cfg = load_config(CPU_TINY, **make_run(tmp_path_factory.mktemp("logps") / "run", pairs=6))
     processor = load_processor(cfg.run_path / "base", cfg.model)
     model = load_model(cfg.run_path / "base", cfg.model)
     rows, _ = tokenise_pairs(cfg, processor)

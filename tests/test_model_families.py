@@ -19,6 +19,7 @@ import torch
 from model_zoo import FAMILIES, build_tiny
 from PIL import Image
 from real_tokenizers import TOKENIZER_FOR_FAMILY, chat_template, load_tokenizer
+from tiny_run import CPU_TINY
 
 from rlhfv_nb.config import ModelConfig, load_config
 from rlhfv_nb.data import decode_image, encode_image
@@ -76,7 +77,7 @@ def _rows(processor: Any) -> list[dict[str, Any]]:
 
 
 def _load(folder: Path, **model: Any) -> tuple[Any, Any, ModelConfig]:
-    cfg = load_config({"model": {"base": str(folder), **model}}).model
+    cfg = load_config(CPU_TINY, model={"base": str(folder), **model}).model
     return load_model(folder, cfg), load_processor(folder, cfg), cfg
 
 
@@ -234,7 +235,7 @@ def test_two_ddpo_steps_train_and_save_what_the_family_names(family, lora, zoo, 
     start = _projector_state(model, family)
     vision_start = {n: p.detach().clone() for n, p in model.named_parameters()
                     if resolve_family(model).frozen_by_freeze_vision(n)}
-    ddpo = load_config({"ddpo": {"max_steps": 2, "batch_size": 2, "lr": 5e-3, "warmup_ratio": 0.0,
+    ddpo = load_config(CPU_TINY, **{"ddpo": {"max_steps": 2, "batch_size": 2, "lr": 5e-3, "warmup_ratio": 0.0,
                                  "logging_steps": 1, "sft_weight": 0.0}}).ddpo
     final = train_ddpo(model, processor, ddpo_dataset(rows, reference, gamma=5.0, min_match=1), ddpo, model_cfg,
                        tmp_path / "ddpo", seed=0)
@@ -264,7 +265,7 @@ def test_two_ddpo_steps_train_and_save_what_the_family_names(family, lora, zoo, 
 def test_4bit_build_quantises_the_decoder_only(family, zoo, tmp_path):
     bnb = pytest.importorskip("bitsandbytes")
     folder = zoo(family)
-    cfg = load_config({"model": {"base": str(folder), "load_in_4bit": True,
+    cfg = load_config(CPU_TINY, **{"model": {"base": str(folder), "load_in_4bit": True,
                                  "lora": {"enabled": True, "r": 4, "alpha": 8, "dropout": 0.0}}}).model
     model, processor = load_model(folder, cfg, device_map="cpu"), load_processor(folder, cfg)
     layout = resolve_family(model)

@@ -22,7 +22,7 @@ import time
 
 import pytest
 from safetensors.torch import load_file
-from tiny_run import make_run
+from tiny_run import CPU_TINY, make_run
 
 from rlhfv_nb.config import load_config
 from rlhfv_nb.launch import ddpo_inputs, launch_stage
@@ -37,7 +37,7 @@ def prepared(tmp_path_factory):
     root = tmp_path_factory.mktemp("mp")
     params = make_run(root / "template")
     # The reference log-probs are computed once, before any launch; every variant copies them.
-    ddpo_inputs(load_config(params), compute_missing=True)
+    ddpo_inputs(load_config(CPU_TINY, **params), compute_missing=True)
     return root, params
 
 
@@ -45,8 +45,8 @@ def _run(prepared, name: str, batch: int, accumulation: int, processes: int):
     root, params = prepared
     run_dir = root / name
     shutil.copytree(root / "template", run_dir)
-    cfg = load_config({**params, "run_dir": str(run_dir)}, launch={"num_processes": processes},
-                      ddpo={"batch_size": batch, "grad_accum": accumulation})
+    cfg = load_config(CPU_TINY, **{**params, "run_dir": str(run_dir), "launch": {"num_processes": processes},
+                                   "ddpo": {**params["ddpo"], "batch_size": batch, "grad_accum": accumulation}})
     start = time.perf_counter()
     final = launch_stage(cfg, "ddpo", gamma=GAMMA)
     print(f"{name}: {time.perf_counter() - start:.1f} s")

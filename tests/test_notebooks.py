@@ -12,7 +12,8 @@ import pytest
 import yaml
 
 from rlhfv_nb import runner
-from rlhfv_nb.config import project_root
+from rlhfv_nb.config import load_config, project_root
+from rlhfv_nb.manifests import stage_status, write_manifest
 
 ROOT = project_root(Path(__file__).parent)
 PARAMS = ROOT / "params" / "cpu-tiny.yaml"
@@ -57,6 +58,35 @@ def test_every_stage_leaves_its_artifacts(run_folder: Path) -> None:
 def test_finished_stages_are_skipped_unless_forced(run_folder: Path, capsys: pytest.CaptureFixture) -> None:
     runner.run(PARAMS, only=["01"], overrides={**SMALL, "run_dir": str(run_folder)}, progress=False)
     assert "[skip] 01_data" in capsys.readouterr().out
+    params = yaml.safe_load((run_folder / "params.yaml").read_text())
+    assert set(params["stages"].values()) == {"done"}
+
+
+def test_a_changed_config_reruns_its_stage_and_marks_later_ones_stale(tmp_path: Path, capsys) -> None:
+    small = {**SMALL, "run_dir": str(tmp_path), "data": {**SMALL["data"], "eval_images": 3}}
+    runner.run(PARAMS, only=["01"], overrides=small, progress=False)
+    first = json.loads((tmp_path / "stages" / "01_data.json").read_text())
+    assert first["values"]["data.eval_images"] == 3 and str(tmp_path) not in json.dumps(first)
+    changed = {**small, "data": {**small["data"], "eval_images": 4}}
+    runner.run(PARAMS, only=["01"], overrides=changed, progress=False)
+    out = capsys.readouterr().out
+    assert "[rerun] 01_data: data.eval_images: 3 -> 4" in out and "[skip]" not in out
+    assert json.loads((tmp_path / "stages" / "01_data.json").read_text())["values"]["data.eval_images"] == 4
+    runner.run(PARAMS, only=["01"], overrides={**changed, "ddpo": {**SMALL["ddpo"], "beta": 0.1}}, progress=False)
+    assert "[skip] 01_data" in capsys.readouterr().out  # 01 does not depend on ddpo.*
+
+
+def test_stage_status_names_changed_keys_and_re_run_inputs(tmp_path: Path) -> None:
+    cfg = load_config(PARAMS, run_dir=str(tmp_path))
+    assert stage_status(cfg, "02_sft").state == "missing"
+    write_manifest(cfg, "01_data")
+    write_manifest(cfg, "02_sft")
+    assert stage_status(cfg, "02_sft").done
+    other = load_config(PARAMS, run_dir=str(tmp_path), sft={"lr": 0.01})
+    assert stage_status(other, "02_sft").changes == ("sft.lr: 0.002 -> 0.01",)
+    assert stage_status(other, "03_ddpo").state == "missing" and stage_status(other, "01_data").done
+    write_manifest(load_config(PARAMS, run_dir=str(tmp_path), seed=1), "01_data")  # 01 re-run with another seed
+    assert stage_status(cfg, "02_sft").changes == ("01_data was re-run since",)
 
 
 def test_a_failing_stage_names_the_cell_and_keeps_earlier_work(tmp_path: Path) -> None:

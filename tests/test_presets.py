@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
+import yaml
 from accelerate.commands.config.config_args import load_config_from_file
 from test_planner import LLAVA_15_7B
 
@@ -40,6 +41,45 @@ def test_gpu_presets_fail_fast_without_cuda(path, no_cuda, tmp_path):
     assert not (tmp_path / "run").exists()  # failed before loading or writing anything
     with pytest.raises(HardwareError, match="need a CUDA GPU"):
         main(["ddpo", str(path)])
+
+
+# RLHF-V's two recipes (../shared/DESIGN.md section 1): the paper (v1, Dec 2023) and the README since Feb 2024.
+UPSTREAM = {
+    "paper-v1": {"gamma": 5.0, "beta": 0.5, "use_average": True, "global_batch": 32, "lr": 5e-7, "warmup_ratio": 0.1,
+                 "sft_weight": 0.0, "weight_decay": 0.0, "scheduler": "cosine", "bf16": True, "max_length": 2048},
+    "readme-2024": {"gamma": 1.1, "beta": 0.1, "use_average": False, "global_batch": 8, "lr": 5e-7,
+                    "warmup_ratio": 0.03, "sft_weight": 0.0, "weight_decay": 0.0, "scheduler": "cosine", "bf16": True,
+                    "max_length": 2048},
+}
+# preset -> (recipe, the values it deliberately changes, each with its reason in the preset's comments)
+PRESET_RECIPES = {
+    "full-8xa100": ("readme-2024", {}),
+    "qlora-1gpu": ("readme-2024", {"lr": 1e-5}),  # a LoRA update starts at zero: 20x the full-FT lr
+}
+
+
+def _recipe_values(cfg) -> dict:
+    d = cfg.ddpo
+    return {"gamma": d.gamma, "beta": d.beta, "use_average": d.use_average, "lr": d.lr,
+            "global_batch": d.batch_size * d.grad_accum * cfg.launch.num_processes, "warmup_ratio": d.warmup_ratio,
+            "sft_weight": d.sft_weight, "weight_decay": d.weight_decay, "scheduler": d.scheduler, "bf16": d.bf16,
+            "max_length": cfg.data.max_length}
+
+
+@pytest.mark.parametrize("preset", [*PRESET_RECIPES, *(p.stem for p in PRESETS if p.stem.startswith("qlora-1gpu-"))])
+def test_real_presets_resolve_to_the_upstream_recipe_they_name(preset):
+    recipe, changed = PRESET_RECIPES.get(preset, PRESET_RECIPES["qlora-1gpu"])  # family presets extend qlora-1gpu
+    own = yaml.safe_load(Path(f"params/{preset}.yaml").read_text())
+    if "max_length" in own.get("data", {}):  # a family whose images take more tokens (any-res tiles) says so
+        changed = {**changed, "max_length": own["data"]["max_length"]}
+    assert _recipe_values(load_config(f"params/{preset}.yaml")) == {**UPSTREAM[recipe], **changed}
+
+
+def test_the_paper_recipe_is_the_config_defaults_plus_its_own_values():
+    paper = load_config({"ddpo": {"gamma": 5.0, "beta": 0.5, "use_average": True, "warmup_ratio": 0.1,
+                                  "batch_size": 4, "grad_accum": 1}, "launch": {"num_processes": 8}})
+    assert _recipe_values(paper) == UPSTREAM["paper-v1"]
+    assert _recipe_values(load_config({})) == UPSTREAM["readme-2024"]
 
 
 def test_qlora_preset():

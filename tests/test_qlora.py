@@ -10,7 +10,7 @@ import math
 
 import pytest
 import torch
-from tiny_run import make_run
+from tiny_run import CPU_TINY, make_run
 
 from rlhfv_nb.config import load_config
 from rlhfv_nb.families import lora_modules
@@ -28,7 +28,7 @@ def run(tmp_path_factory):
     params = make_run(tmp_path_factory.mktemp("qlora") / "run")
     params["model"].update(QLORA)
     params["ddpo"].update(max_steps=1, batch_size=2)
-    return load_config(params)
+    return load_config(CPU_TINY, **params)
 
 
 @pytest.fixture(scope="module")
@@ -79,7 +79,7 @@ def test_lora_only_on_language_model_and_trainable_set(run, quantised):
 
 
 def test_planner_counts_every_parameter(run):
-    plain = load_model(run.run_path / "base", load_config({"model": {"tiny": vars(run.model.tiny)}}).model)
+    plain = load_model(run.run_path / "base", load_config(CPU_TINY, model={"tiny": vars(run.model.tiny)}).model)
     assert sum(m.numel for m in ModelShape.from_config(plain.config).modules()) == count_parameters(plain)["total"]
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from tiny_run import make_run
+from tiny_run import CPU_TINY, make_run
 
 from rlhfv_nb import world
 from rlhfv_nb.config import load_config
@@ -22,7 +22,7 @@ def test_each_patch_takes_its_cells_class():
 
 @pytest.fixture(scope="module")
 def cfg(tmp_path_factory):
-    return load_config(make_run(tmp_path_factory.mktemp("vision") / "run", pairs=2))
+    return load_config(CPU_TINY, **make_run(tmp_path_factory.mktemp("vision") / "run", pairs=2))
 
 
 def test_pretraining_teaches_the_tower_to_tell_the_objects_apart(cfg):
@@ -57,8 +57,8 @@ def test_the_world_run_pretrains_and_records_it(tmp_path):
     """`base_model_path` builds the tiny model and pretrains its tower when the SFT rows carry scenes."""
     from rlhfv_nb import pipeline
 
-    run = load_config({"run_dir": str(tmp_path), "data": {"sft_images": 12, "eval_images": 2, "feedback_images": 2},
-                       "model": {"tiny": {"vision_pretrain_steps": 3}}})
+    run = load_config(CPU_TINY, run_dir=str(tmp_path), data={"sft_images": 12, "eval_images": 2, "feedback_images": 2},
+                      model={"tiny": {"vision_pretrain_steps": 3}})
     pipeline.prepare_data(run)
     (tmp_path / "base.partial").mkdir()  # what a run killed while building the base leaves behind
     (tmp_path / "base.partial" / "config.json").write_text("{}")

@@ -12,6 +12,8 @@ from rlhfv_nb.config import TinyModelConfig
 from rlhfv_nb.data import encode_image, write_parquet
 from rlhfv_nb.modeling import build_tiny_model
 
+# The miniature's preset: the config defaults are the 7B recipe's, so tests on tiny models start from this file.
+CPU_TINY = Path(__file__).resolve().parents[1] / "params" / "cpu-tiny.yaml"
 SHAPE = TinyModelConfig(image_size=24, patch_size=12, vision_hidden_size=32, vision_layers=1, vision_heads=2,
                         hidden_size=32, layers=2, heads=2, intermediate_size=64, vocab_size=320,
                         max_position_embeddings=128)

@@ -21,6 +21,8 @@ from rlhfv_nb.evaluate.suite import Sources, model_slug, paper_table, run_benchm
 from rlhfv_nb.generate import GenerationSettings, eval_settings
 from rlhfv_nb.modeling import build_tiny_model
 
+CPU_TINY = Path(__file__).parents[2] / "params" / "cpu-tiny.yaml"
+
 SHAPE = TinyModelConfig(image_size=24, patch_size=12, vision_hidden_size=32, vision_layers=1, vision_heads=2,
                         hidden_size=32, layers=1, heads=2, intermediate_size=64, vocab_size=320,
                         max_position_embeddings=256)
@@ -90,7 +92,7 @@ def sources(file_server: tuple[str, Path], hub_server: tuple[str, dict[str, byte
 
 
 def _config(run_dir: Path, benchmarks: list[str], coco_dir: Path | None, judge_url: str | None = None) -> Config:
-    return load_config(name="test-suite", run_dir=str(run_dir), model={"tiny": vars(SHAPE)}, evaluation={
+    return load_config(CPU_TINY, name="test-suite", run_dir=str(run_dir), model={"tiny": vars(SHAPE)}, evaluation={
         "benchmarks": benchmarks, "max_new_tokens": 6, "num_beams": 1, "batch_size": 4, "limit": LIMIT,
         "coco_dir": str(coco_dir) if coco_dir else None,
         "judge": {"model": JUDGE_MODEL, "base_url": judge_url, "max_concurrency": 2}})
@@ -200,7 +202,7 @@ def test_missing_coco_annotations_and_bad_names(tmp_path: Path) -> None:
 
 
 def test_world_benchmarks_share_one_generation_pass(tmp_path: Path) -> None:
-    cfg = load_config(name="test-world", run_dir=str(tmp_path / "run"), model={"tiny": vars(SHAPE)},
+    cfg = load_config(CPU_TINY, name="test-world", run_dir=str(tmp_path / "run"), model={"tiny": vars(SHAPE)},
                       data={"sft_images": 20, "feedback_images": 2, "eval_images": 3},
                       evaluation={"max_new_tokens": 6, "batch_size": 8, "limit": 2})
     pipeline.prepare_data(cfg)
