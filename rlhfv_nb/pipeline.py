@@ -34,6 +34,7 @@ from rlhfv_nb.features import prompt_length, response_ids
 from rlhfv_nb.files import read_json, write_json
 from rlhfv_nb.generate import GenerationSettings, generate_answers
 from rlhfv_nb.logps import cache_path, reference_logps
+from rlhfv_nb.manifests import write_manifest
 from rlhfv_nb.modeling import build_tiny_model, load_model, load_processor
 
 log = logging.getLogger(__name__)
@@ -50,8 +51,9 @@ def update_metrics(cfg: Config, section: str, values: dict[str, Any]) -> dict[st
 
 
 def mark_done(cfg: Config, stage: str, summary: dict[str, Any] | None = None) -> None:
-    """Record that a stage finished (the runner skips finished stages unless forced)."""
-    write_json(cfg.run_path / "stages" / f"{stage}.json", {"stage": stage, "config": cfg.to_dict(), **(summary or {})})
+    """Record that a stage finished, with the config values and inputs it used (`rlhfv_nb.manifests`): the runner
+    skips it while they are unchanged."""
+    write_manifest(cfg, stage, summary)
 
 
 def world_config(cfg: Config) -> world.WorldConfig:

@@ -14,8 +14,9 @@ import papermill
 import yaml
 from papermill.exceptions import PapermillExecutionError
 
-from rlhfv_nb.config import Config, load_config, project_root
+from rlhfv_nb.config import load_config, project_root
 from rlhfv_nb.launch import parse_overrides
+from rlhfv_nb.manifests import stage_status
 
 
 @dataclass(frozen=True)
@@ -61,10 +62,6 @@ def default_kernel() -> str | None:
     return KERNEL
 
 
-def stage_done(cfg: Config, stage: Stage) -> bool:
-    return (cfg.run_path / "stages" / f"{stage.name}.json").exists()
-
-
 def run(
     params: str | Path,
     only: Sequence[str] | None = None,
@@ -75,38 +72,55 @@ def run(
 ) -> Path:
     """Execute the selected notebooks with the params file's values; returns the run folder.
 
-    A failing notebook raises `StageFailed` naming the stage, cell and error; the stages before it keep
-    their artifacts and their executed notebooks.
+    A stage whose manifest matches the config and its inputs is skipped (unless `force`); one whose config
+    values or inputs changed is re-run, naming what changed. A failing notebook raises `StageFailed` naming
+    the stage, cell and error; the stages before it keep their artifacts and their executed notebooks.
+    `<run>/params.yaml` holds the values and, per stage, whether its outputs were made with them.
     """
     cfg = load_config(params, **(overrides or {}))
     values = cfg.to_dict()
     run_path = cfg.run_path
     (run_path / "notebooks").mkdir(parents=True, exist_ok=True)
-    (run_path / "params.yaml").write_text(yaml.safe_dump({"source": str(params), **values}, sort_keys=False))
-    chosen = select(stages(), only)
-    for stage in chosen:
-        if stage_done(cfg, stage) and not force:
-            print(f"[skip] {stage.name}: finished earlier (use --force to re-run)", flush=True)
-            continue
-        output = run_path / "notebooks" / f"{stage.name}.ipynb"
-        print(f"[run ] {stage.name} -> {output}", flush=True)
-        started = time.time()
-        (run_path / "logs").mkdir(exist_ok=True)
-        handler = logging.FileHandler(run_path / "logs" / f"{stage.name}.log", mode="w")
-        logger = logging.getLogger("papermill")
-        logger.addHandler(handler)
-        try:
-            papermill.execute_notebook(
-                str(stage.path), str(output), parameters=values, cwd=str(project_root()),
-                kernel_name=kernel or default_kernel(), progress_bar=progress, log_output=True,
-            )
-        except PapermillExecutionError as err:
-            raise StageFailed(stage, output, err) from None
-        finally:
-            logger.removeHandler(handler)
-            handler.close()
-        print(f"[done] {stage.name} in {time.time() - started:.0f}s", flush=True)
+    all_stages, chosen = stages(), select(stages(), only)
+    try:
+        for stage in chosen:
+            status = stage_status(cfg, stage.name)
+            if status.done and not force:
+                print(f"[skip] {stage.name}: finished earlier with these values (use --force to re-run)", flush=True)
+                continue
+            if status.state == "changed":
+                print(f"[rerun] {stage.name}: {status.describe()}", flush=True)
+            _execute(stage, run_path, values, kernel, progress)
+    finally:
+        report = {s.name: stage_status(cfg, s.name).describe() for s in all_stages}
+        stale = [f"{name} ({state})" for name, state in report.items() if state not in ("done", "missing")]
+        if stale:
+            print(f"[stale] made with other values or inputs than these: {', '.join(stale)}", flush=True)
+        params_yaml = {"source": str(params), "stages": report, **values}
+        (run_path / "params.yaml").write_text(yaml.safe_dump(params_yaml, sort_keys=False))
     return run_path
+
+
+def _execute(stage: Stage, run_path: Path, values: dict[str, Any], kernel: str | None, progress: bool) -> None:
+    """Run one notebook with papermill into `<run>/notebooks/`, its log into `<run>/logs/`."""
+    output = run_path / "notebooks" / f"{stage.name}.ipynb"
+    print(f"[run ] {stage.name} -> {output}", flush=True)
+    started = time.time()
+    (run_path / "logs").mkdir(exist_ok=True)
+    handler = logging.FileHandler(run_path / "logs" / f"{stage.name}.log", mode="w")
+    logger = logging.getLogger("papermill")
+    logger.addHandler(handler)
+    try:
+        papermill.execute_notebook(
+            str(stage.path), str(output), parameters=values, cwd=str(project_root()),
+            kernel_name=kernel or default_kernel(), progress_bar=progress, log_output=True,
+        )
+    except PapermillExecutionError as err:
+        raise StageFailed(stage, output, err) from None
+    finally:
+        logger.removeHandler(handler)
+        handler.close()
+    print(f"[done] {stage.name} in {time.time() - started:.0f}s", flush=True)
 
 
 class StageFailed(RuntimeError):
