@@ -25,6 +25,7 @@ from rlhfv_nb import runner
 from rlhfv_nb.config import load_config
 from rlhfv_nb.files import read_json, write_json
 from rlhfv_nb.launch import parse_overrides
+from rlhfv_nb.layout import RunLayout
 
 COLUMNS = {  # metrics.json table column -> short name
     "World Resp. (CHAIRs_refine)": "CHAIRs",
@@ -41,7 +42,7 @@ RELATIVE = ("CHAIRs", "CHAIRi", "recall")
 
 def seed_result(run_path: Path) -> dict[str, dict[str, float]]:
     """Headline numbers per model from a finished run's `metrics.json`, with changes relative to SFT."""
-    table = read_json(run_path / "metrics.json")["evaluation"]["table"]
+    table = read_json(RunLayout(run_path).metrics)["evaluation"]["table"]
     rows = {model: {short: float(values[column]) for column, short in COLUMNS.items()}
             for model, values in table.items()}
     sft = rows["SFT"]
@@ -54,7 +55,7 @@ def seed_result(run_path: Path) -> dict[str, dict[str, float]]:
 def executed_seconds(run_path: Path) -> float:
     """Execution time of the run's notebooks as papermill recorded it: of each stage's last execution."""
     return round(sum(nbformat.read(path, as_version=4).metadata.papermill.duration
-                     for path in sorted((run_path / "notebooks").glob("*.ipynb"))), 1)
+                     for path in sorted(RunLayout(run_path).notebooks.glob("*.ipynb"))), 1)
 
 
 def mean_over(results: list[dict[str, dict[str, float]]]) -> dict[str, dict[str, float]]:

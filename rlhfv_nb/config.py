@@ -21,6 +21,8 @@ from typing import Any
 
 import yaml
 
+from rlhfv_nb.layout import RunLayout
+
 
 class ConfigError(ValueError):
     """A parameter is unknown, of the wrong type, or points at a missing file."""
@@ -230,6 +232,11 @@ class Config:
         """The run folder, relative paths taken from the project root."""
         path = Path(self.run_dir).expanduser()
         return path if path.is_absolute() else project_root() / path
+
+    @property
+    def layout(self) -> RunLayout:
+        """Every path of the run folder (`rlhfv_nb.layout`)."""
+        return RunLayout(self.run_path)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

@@ -125,7 +125,7 @@ def verdict(name: str, spans: Spans) -> str:
 
 def world_examples(cfg: Config, folder: Path, count: int = 4) -> list[Example]:
     """The first `count` held-out world images of a synthetic run with a description prompt and true objects."""
-    if not (cfg.run_path / "data" / "world_synonyms.txt").exists():
+    if not cfg.layout.world_synonyms.exists():
         return []
     vocabulary = world_eval.world_vocabulary(cfg).name
     examples = []
@@ -154,9 +154,9 @@ class Demo:
     def from_config(cls, cfg: Config, sft: str | None = None, ddpo: str | None = None) -> Demo:
         """The run's SFT and DDPO models (or the given paths/hub ids), its world vocabulary and examples, COCO's."""
         paths = {"SFT": sft or pipeline.sft_model_path(cfg),
-                 "DDPO": ddpo or str(pipeline.ddpo_dir(cfg, cfg.ddpo.gamma) / "final")}
+                 "DDPO": ddpo or str(cfg.layout.ddpo(cfg.ddpo.gamma).final)}
         vocabularies = {"coco": ChairVocabulary.coco()}
-        if (cfg.run_path / "data" / "world_synonyms.txt").exists():
+        if cfg.layout.world_synonyms.exists():
             world = world_eval.world_vocabulary(cfg)
             vocabularies = {world.name: world, **vocabularies}
         settings = GenerationSettings(max_new_tokens=cfg.demo.max_new_tokens,

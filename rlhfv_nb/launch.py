@@ -14,7 +14,6 @@ launched processes only read them. Only rank 0 writes shared files (Trainer logs
 from __future__ import annotations
 
 import argparse
-import gc
 import logging
 import os
 import shlex
@@ -59,27 +58,19 @@ def parse_overrides(items: Sequence[str]) -> dict[str, Any]:
 
 def ddpo_inputs(cfg: Config, compute_missing: bool) -> tuple[list[dict[str, Any]], Path]:
     """Tokenised pairs and their reference log-prob cache, computing missing entries only if `compute_missing`."""
-    import torch
-
     from rlhfv_nb import pipeline
     from rlhfv_nb.logps import read_cache
-    from rlhfv_nb.modeling import load_model, load_processor
+    from rlhfv_nb.modeling import load_processor
 
-    model_path = pipeline.sft_model_path(cfg)
-    processor = load_processor(model_path, cfg.model)
+    processor = load_processor(pipeline.sft_model_path(cfg), cfg.model)
     rows, _ = pipeline.tokenise_pairs(cfg, processor)
     cache = pipeline.reference_cache(cfg, rows)
     missing = len({row["uid"] for row in rows} - read_cache(cache).keys())
     if missing and not compute_missing:
         raise LaunchError(f"{missing} of {len(rows)} pairs have no reference log-probs in {cache}; compute them "
                           "once before launching (pipeline.compute_reference, or launch_stage does it)")
-    if missing:  # on the GPU when there is one: an unquantised model would otherwise load on the CPU
-        model = load_model(model_path, cfg.model, device_map="cuda" if torch.cuda.is_available() else None)
-        cache = pipeline.compute_reference(cfg, rows, model=model, processor=processor)
-        del model
-        gc.collect()
-        if torch.cuda.is_available():
-            torch.cuda.empty_cache()  # give the memory back before the training processes start
+    if missing:
+        cache = pipeline.compute_reference(cfg, rows, processor=processor)
     return rows, cache
 
 
@@ -100,7 +91,7 @@ def _prepare(cfg: Config, stage: str) -> None:
     from rlhfv_nb import pipeline
 
     if stage == "sft":
-        pipeline.base_model_path(cfg)
+        pipeline.build_base_model(cfg)
     else:
         ddpo_inputs(cfg, compute_missing=True)
 
@@ -197,7 +188,7 @@ def launch_stage(cfg: Config, stage: str, gamma: float | None = None, params_pat
     if cfg.launch.num_processes == 1 and not cfg.launch.accelerate_config:
         return run_stage(cfg, stage, gamma)
     _prepare(cfg, stage)
-    params = write_params(cfg, Path(params_path) if params_path else cfg.run_path / "launch" / f"{stage}.yaml")
+    params = write_params(cfg, Path(params_path) if params_path else cfg.layout.launch_params(stage))
     lines = stream(accelerate_command(cfg, stage, params, gamma, launch_args), launch_env())
     done = [line[len(DONE):].strip() for line in lines if line.startswith(DONE)]
     if not done:
@@ -228,9 +219,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     if torch.cuda.is_available():  # before loading: a 4-bit model goes to the current device
         torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
     if stage == "sft" and int(os.environ.get("WORLD_SIZE", "1")) > 1 and cfg.model.base == "tiny" and not (
-        cfg.run_path / "base" / "config.json"
+        cfg.layout.base / "config.json"
     ).exists():
-        raise LaunchError("the tiny base model is missing: build it once first (pipeline.base_model_path, or "
+        raise LaunchError("the tiny base model is missing: build it once first (pipeline.build_base_model, or "
                           "launch_stage does it); launched processes would all build it at once")
     out = run_stage(cfg, stage, gamma, launched=True)
     if rank == 0:

@@ -51,7 +51,7 @@ def stage_values(cfg: Config, stage: str) -> dict[str, Any]:
 
 
 def manifest_path(cfg: Config, stage: str) -> Path:
-    return cfg.run_path / "stages" / f"{stage}.json"
+    return cfg.layout.manifest(stage)
 
 
 def _digest(values: dict[str, Any], inputs: dict[str, str | None]) -> str:

@@ -6,6 +6,7 @@ Notebooks call these functions; so can a script or `accelerate launch -m rlhfv_n
 
 from __future__ import annotations
 
+import gc
 import json
 import logging
 import random
@@ -43,10 +44,9 @@ log = logging.getLogger(__name__)
 # ---------------------------------------------------------------- run folder bookkeeping
 def update_metrics(cfg: Config, section: str, values: dict[str, Any]) -> dict[str, Any]:
     """Merge one stage's numbers into `<run>/metrics.json`."""
-    path = cfg.run_path / "metrics.json"
-    metrics = read_json(path, {})
+    metrics = read_json(cfg.layout.metrics, {})
     metrics[section] = values
-    write_json(path, metrics)
+    write_json(cfg.layout.metrics, metrics)
     return metrics
 
 
@@ -80,7 +80,7 @@ def _world_eval_rows(wcfg: world.WorldConfig, scenes: list[world.Scene], seed: i
 
 def prepare_data(cfg: Config) -> dict[str, Any]:
     """Write the SFT rows, held-out evaluation items and preference pairs (or feedback scenes) to `<run>/data`."""
-    out = cfg.run_path / "data"
+    layout = cfg.layout
     reports: list[BadRows] = []
     if cfg.data.sft_source == "synthetic":
         wcfg = world_config(cfg)
@@ -90,24 +90,24 @@ def prepare_data(cfg: Config) -> dict[str, Any]:
             for i, row in enumerate(world.make_sft_rows(wcfg, cfg.data.sft_images, cfg.seed))
         ]
         eval_scenes = world.make_fresh_scenes(wcfg, cfg.data.eval_images, cfg.seed + 2)
-        write_parquet(_world_eval_rows(wcfg, eval_scenes, cfg.seed + 3), out / "eval.parquet")
+        write_parquet(_world_eval_rows(wcfg, eval_scenes, cfg.seed + 3), layout.eval_rows)
         feedback_scenes = world.make_fresh_scenes(wcfg, cfg.data.feedback_images, cfg.seed + 1)
-        write_json(out / "feedback_scenes.json", [scene.to_dict() for scene in feedback_scenes])
-        (out / "world_synonyms.txt").write_text(world.synonyms_text(wcfg))
+        write_json(layout.feedback_scenes, [scene.to_dict() for scene in feedback_scenes])
+        layout.world_synonyms.write_text(world.synonyms_text(wcfg))
     else:
         sft_rows, bad = normalise_sft(load_raw(cfg.data.sft_source, cfg.data.split), cfg.data.sft_source,
                                       cfg.data.on_bad_row)
         reports.append(bad)
-    write_parquet(sft_rows, out / "sft.parquet")
+    write_parquet(sft_rows, layout.sft_rows)
     if cfg.data.preferences != "feedback":
         pairs, bad = normalise_preferences(load_raw(cfg.data.preferences, cfg.data.split), cfg.data.preferences,
                                            cfg.data.on_bad_row)
         reports.append(bad)
         if cfg.data.max_pairs:
             pairs = pairs[: cfg.data.max_pairs]
-        write_parquet(pairs, out / "preferences.parquet")
+        write_parquet(pairs, layout.loaded_preferences)
     report = {"sft_rows": len(sft_rows), "bad_rows": [r.to_dict() for r in reports]}
-    write_json(out / "report.json", report)
+    write_json(layout.data_report, report)
     for r in reports:
         log.info(r.summary())
     return report
@@ -115,22 +115,29 @@ def prepare_data(cfg: Config) -> dict[str, Any]:
 
 # ---------------------------------------------------------------- stage 02: SFT (+ synthetic feedback)
 def base_model_path(cfg: Config) -> str:
-    """The base model: a hub id/folder, or the tiny model built (once) from the run's SFT corpus."""
+    """The base model: a hub id/folder, or the run's tiny model (built by `build_base_model`, never here)."""
     if cfg.model.base != "tiny":
         return cfg.model.base
-    path = cfg.run_path / "base"
-    if not (path / "config.json").exists():
+    if not (cfg.layout.base / "config.json").exists():
+        raise FileNotFoundError(f"the tiny base model is not built yet ({cfg.layout.base}): stage 02 builds it "
+                                "(pipeline.build_base_model)")
+    return str(cfg.layout.base)
+
+
+def build_base_model(cfg: Config) -> str:
+    """The base model, building the tiny one (once) from the run's SFT corpus and pretraining its vision tower."""
+    layout = cfg.layout
+    if cfg.model.base == "tiny" and not (layout.base / "config.json").exists():
         # Built and pretrained in a side folder, renamed when complete: a kill mid-way leaves no half-made base.
-        partial = path.with_name("base.partial")
-        shutil.rmtree(partial, ignore_errors=True)
-        rows = read_parquet(cfg.run_path / "data" / "sft.parquet")
+        shutil.rmtree(layout.base_partial, ignore_errors=True)
+        rows = read_parquet(layout.sft_rows)
         corpus = [f"USER: <image>\n{q} ASSISTANT: {a}</s>" for q, a in zip(rows["question"], rows["answer"])]
-        build_tiny_model(corpus, cfg.model.tiny, partial, cfg.seed)
+        build_tiny_model(corpus, cfg.model.tiny, layout.base_partial, cfg.seed)
         if cfg.model.tiny.vision_pretrain_steps and "scene" in rows.column_names:
-            pretrain_world_vision(cfg, rows, partial)
-        shutil.rmtree(path, ignore_errors=True)
-        partial.rename(path)
-    return str(path)
+            pretrain_world_vision(cfg, rows, layout.base_partial)
+        shutil.rmtree(layout.base, ignore_errors=True)
+        layout.base_partial.rename(layout.base)
+    return base_model_path(cfg)
 
 
 def pretrain_world_vision(cfg: Config, rows: datasets.Dataset, path: Path) -> list[float]:
@@ -153,18 +160,18 @@ def pretrain_world_vision(cfg: Config, rows: datasets.Dataset, path: Path) -> li
 
 def sft_model_path(cfg: Config) -> str:
     """The SFT model: `<run>/sft/final` after stage 02, or the base model when SFT is disabled."""
-    return str(cfg.run_path / "sft" / "final") if cfg.sft.enabled else base_model_path(cfg)
+    return str(cfg.layout.sft.final) if cfg.sft.enabled else base_model_path(cfg)
 
 
 def run_sft(cfg: Config) -> str:
     """Fine-tune the base model on `<run>/data/sft.parquet`; returns the SFT model folder."""
     from rlhfv_nb.train import train_sft
 
-    base = base_model_path(cfg)
+    base = build_base_model(cfg)
     if not cfg.sft.enabled:
         return base
     processor = load_processor(base, cfg.model)
-    rows = read_parquet(cfg.run_path / "data" / "sft.parquet")
+    rows = read_parquet(cfg.layout.sft_rows)
     rows = rows.map(lambda r: {"answer_ids": response_ids(processor, r["question"], r["answer"])},
                     desc="tokenising SFT answers")
     too_long = [u for u, ids in zip(rows["uid"], rows["answer_ids"]) if len(ids) >= cfg.data.max_length]
@@ -172,7 +179,7 @@ def run_sft(cfg: Config) -> str:
         raise DataError(f"sft.parquet: {len(too_long)} answers exceed data.max_length "
                         f"({cfg.data.max_length}), e.g. rows {too_long[:5]}")
     model = load_model(base, cfg.model)
-    train_sft(model, processor, rows, cfg.sft, cfg.model, cfg.run_path / "sft", cfg.seed)
+    train_sft(model, processor, rows, cfg.sft, cfg.model, cfg.layout.sft.root, cfg.seed)
     return sft_model_path(cfg)
 
 
@@ -188,7 +195,7 @@ def collect_feedback(cfg: Config, model=None, processor=None) -> dict[str, Any]:
     path = sft_model_path(cfg)
     processor = processor or load_processor(path, cfg.model)
     model = model or load_model(path, cfg.model)
-    scenes = [world.Scene.from_dict(s) for s in read_json(cfg.run_path / "data" / "feedback_scenes.json")]
+    scenes = [world.Scene.from_dict(s) for s in read_json(cfg.layout.feedback_scenes)]
     rng, short_rng = random.Random(cfg.seed + 4), random.Random(cfg.seed + 5)
     images = [encode_image(world.render(scene, wcfg)) for scene in scenes]
     items = [
@@ -201,8 +208,8 @@ def collect_feedback(cfg: Config, model=None, processor=None) -> dict[str, Any]:
                   for k, qa in enumerate(asked)]
     settings = GenerationSettings(max_new_tokens=cfg.feedback.max_new_tokens, do_sample=True,
                                   temperature=cfg.feedback.temperature, top_p=cfg.feedback.top_p, seed=cfg.seed)
-    out = cfg.run_path / "feedback"
-    answers = generate_answers(model, processor, items, settings, out / "answers.jsonl", cfg.feedback.batch_size)
+    layout = cfg.layout
+    answers = generate_answers(model, processor, items, settings, layout.feedback_answers, cfg.feedback.batch_size)
     pairs, unchanged = [], 0
     corrected_by_type: Counter[str] = Counter()
     for item, answer in zip(items, answers):
@@ -219,23 +226,27 @@ def collect_feedback(cfg: Config, model=None, processor=None) -> dict[str, Any]:
                       "rejected": answer["answer"], "idx": len(pairs), "image_path": f"world/{item['scene']}.png"})
     if not pairs:
         raise DataError("feedback: the SFT model made no mistakes to correct; no preference pairs")
-    write_parquet(rlhfv_records(pairs, "synthetic-world"), out / "rlhfv_feedback.parquet")
-    normalised, bad = normalise_preferences(load_raw(str(out / "rlhfv_feedback.parquet")), "feedback",
-                                            cfg.data.on_bad_row)
-    write_parquet(normalised, cfg.run_path / "data" / "preferences.parquet")
+    write_parquet(rlhfv_records(pairs, "synthetic-world"), layout.feedback_records)
+    normalised, bad = normalise_preferences(load_raw(str(layout.feedback_records)), "feedback", cfg.data.on_bad_row)
+    write_parquet(normalised, layout.feedback_preferences)
     stats = {"answers": len(answers), "corrected": len(pairs), "already_correct": unchanged,
              "correction_rate": len(pairs) / len(answers), "corrected_by_type": dict(corrected_by_type),
              "bad_rows": bad.to_dict()}
-    write_json(out / "stats.json", stats)
+    write_json(layout.feedback_stats, stats)
     return stats
 
 
 # ---------------------------------------------------------------- stage 03: reference log-probs + DDPO
+def preferences_path(cfg: Config) -> Path:
+    """The pairs DDPO trains on: collected in stage 02 (`data.preferences: feedback`), else loaded in stage 01."""
+    return cfg.layout.feedback_preferences if cfg.data.preferences == "feedback" else cfg.layout.loaded_preferences
+
+
 def tokenise_pairs(cfg: Config, processor) -> tuple[list[dict[str, Any]], BadRows]:
     """Preference pairs with token ids; pairs longer than `data.max_length` are reported and skipped."""
     bad = BadRows("preferences.parquet")
     rows = []
-    ds = read_parquet(cfg.run_path / "data" / "preferences.parquet")
+    ds = read_parquet(preferences_path(cfg))
     prompt_lengths: dict[str, int] = {}
     for index, row in enumerate(ds):
         image = row["image"]["bytes"]
@@ -258,16 +269,33 @@ def tokenise_pairs(cfg: Config, processor) -> tuple[list[dict[str, Any]], BadRow
 
 def reference_cache(cfg: Config, rows: list[dict[str, Any]]) -> Path:
     """Where the reference log-probs of `rows` under the run's SFT model live (`<run>/data/logps`)."""
-    return cache_path(cfg.run_path / "data" / "logps", sft_model_path(cfg), rows)
+    return cache_path(cfg.layout.reference_cache_dir, sft_model_path(cfg), rows)
 
 
-def compute_reference(cfg: Config, rows: list[dict[str, Any]], model=None, processor=None) -> Path:
-    """Per-token reference log-probs of `rows` under the frozen SFT model, cached in `<run>/data/logps`."""
+def compute_reference(cfg: Config, rows: list[dict[str, Any]], processor=None) -> Path:
+    """Per-token reference log-probs of `rows` under the frozen SFT model, cached in `<run>/data/logps`.
+
+    The one place the reference is computed: notebook 03, `rlhfv-nb ddpo` and `launch_stage` (before its launched
+    processes start) call it. The model goes to the GPU when there is one, is prepared exactly as training
+    prepares it (k-bit preparation, LoRA adapters at their identity start) and runs under the training's bf16
+    autocast, so at step 0 the policy scores exactly what is cached.
+    """
+    import torch
+
+    from rlhfv_nb.train import prepare_for_training
+
     path = sft_model_path(cfg)
     cache = reference_cache(cfg, rows)
     processor = processor or load_processor(path, cfg.model)
-    model = model or load_model(path, cfg.model)
-    reference_logps(model, processor, rows, cache, cfg.ddpo.ref_batch_size)
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    model = prepare_for_training(load_model(path, cfg.model, device_map=device if device == "cuda" else None),
+                                 cfg.model)
+    with torch.autocast(device, dtype=torch.bfloat16, enabled=cfg.ddpo.bf16):
+        reference_logps(model, processor, rows, cache, cfg.ddpo.ref_batch_size)
+    del model
+    gc.collect()
+    if device == "cuda":
+        torch.cuda.empty_cache()  # give the memory back before training (or its launched processes) starts
     return cache
 
 
@@ -283,10 +311,6 @@ def ddpo_dataset(rows: list[dict[str, Any]], reference: dict[str, dict[str, list
     return datasets.Dataset.from_list(out)
 
 
-def ddpo_dir(cfg: Config, gamma: float) -> Path:
-    return cfg.run_path / "ddpo" / f"gamma{gamma:g}"
-
-
 def ddpo_gammas(cfg: Config) -> list[float]:
     """The configured gamma first, then the ablation gammas (1 = plain DPO)."""
     return [cfg.ddpo.gamma] + [g for g in cfg.ddpo.ablation_gammas if g != cfg.ddpo.gamma]
@@ -299,7 +323,7 @@ def model_label(gamma: float) -> str:
 def trained_models(cfg: Config) -> dict[str, str]:
     """Display name -> folder of the SFT model and every DDPO/DPO model of the run."""
     models = {"SFT": sft_model_path(cfg)}
-    models.update({model_label(g): str(ddpo_dir(cfg, g) / "final") for g in ddpo_gammas(cfg)})
+    models.update({model_label(g): str(cfg.layout.ddpo(g).final) for g in ddpo_gammas(cfg)})
     return models
 
 
@@ -312,5 +336,5 @@ def run_ddpo(cfg: Config, rows: list[dict[str, Any]], cache: Path, gamma: float)
     processor = load_processor(path, cfg.model)
     model = load_model(path, cfg.model)
     pairs = ddpo_dataset(rows, read_cache(cache), gamma, cfg.ddpo.min_match)
-    return train_ddpo(model, processor, pairs, cfg.ddpo, cfg.model, ddpo_dir(cfg, gamma), cfg.seed)
+    return train_ddpo(model, processor, pairs, cfg.ddpo, cfg.model, cfg.layout.ddpo(gamma).root, cfg.seed)
 

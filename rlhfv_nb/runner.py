@@ -16,6 +16,7 @@ from papermill.exceptions import PapermillExecutionError
 
 from rlhfv_nb.config import load_config, project_root
 from rlhfv_nb.launch import parse_overrides
+from rlhfv_nb.layout import RunLayout
 from rlhfv_nb.manifests import stage_status
 
 
@@ -79,8 +80,7 @@ def run(
     """
     cfg = load_config(params, **(overrides or {}))
     values = cfg.to_dict()
-    run_path = cfg.run_path
-    (run_path / "notebooks").mkdir(parents=True, exist_ok=True)
+    layout = cfg.layout
     all_stages, chosen = stages(), select(stages(), only)
     try:
         for stage in chosen:
@@ -90,24 +90,26 @@ def run(
                 continue
             if status.state == "changed":
                 print(f"[rerun] {stage.name}: {status.describe()}", flush=True)
-            _execute(stage, run_path, values, kernel, progress)
+            _execute(stage, layout, values, kernel, progress)
     finally:
         report = {s.name: stage_status(cfg, s.name).describe() for s in all_stages}
         stale = [f"{name} ({state})" for name, state in report.items() if state not in ("done", "missing")]
         if stale:
             print(f"[stale] made with other values or inputs than these: {', '.join(stale)}", flush=True)
         params_yaml = {"source": str(params), "stages": report, **values}
-        (run_path / "params.yaml").write_text(yaml.safe_dump(params_yaml, sort_keys=False))
-    return run_path
+        layout.params.parent.mkdir(parents=True, exist_ok=True)
+        layout.params.write_text(yaml.safe_dump(params_yaml, sort_keys=False))
+    return layout.root
 
 
-def _execute(stage: Stage, run_path: Path, values: dict[str, Any], kernel: str | None, progress: bool) -> None:
+def _execute(stage: Stage, layout: RunLayout, values: dict[str, Any], kernel: str | None, progress: bool) -> None:
     """Run one notebook with papermill into `<run>/notebooks/`, its log into `<run>/logs/`."""
-    output = run_path / "notebooks" / f"{stage.name}.ipynb"
+    output = layout.notebook(stage.name)
     print(f"[run ] {stage.name} -> {output}", flush=True)
     started = time.time()
-    (run_path / "logs").mkdir(exist_ok=True)
-    handler = logging.FileHandler(run_path / "logs" / f"{stage.name}.log", mode="w")
+    for folder in (output.parent, layout.log(stage.name).parent):
+        folder.mkdir(parents=True, exist_ok=True)
+    handler = logging.FileHandler(layout.log(stage.name), mode="w")
     logger = logging.getLogger("papermill")
     logger.addHandler(handler)
     try:

@@ -22,6 +22,7 @@ from rlhfv_nb.config import DDPOConfig, ModelConfig, TrainConfig
 from rlhfv_nb.ddpo import ddpo_loss, sequence_logps, token_logps
 from rlhfv_nb.families import check_modules_exist, lora_modules, peft_modules_to_save, resolve_family
 from rlhfv_nb.features import PairCollator, SFTCollator
+from rlhfv_nb.layout import TrainingFolder
 
 log = logging.getLogger(__name__)
 
@@ -54,7 +55,7 @@ def read_log(path: Path) -> list[dict[str, Any]]:
 def training_arguments(cfg: TrainConfig, output_dir: Path, seed: int) -> TrainingArguments:
     """Trainer arguments from a train section; checkpoints go to `output_dir/checkpoints`."""
     return TrainingArguments(
-        output_dir=str(Path(output_dir) / "checkpoints"),
+        output_dir=str(TrainingFolder(Path(output_dir)).checkpoints),
         num_train_epochs=cfg.epochs,
         max_steps=cfg.max_steps,
         per_device_train_batch_size=cfg.batch_size,
@@ -71,6 +72,7 @@ def training_arguments(cfg: TrainConfig, output_dir: Path, seed: int) -> Trainin
         save_total_limit=2,
         bf16=cfg.bf16,
         tf32=cfg.tf32 or None,
+        use_cpu=not torch.cuda.is_available(),  # bf16 autocast on CPU needs it said; no pinned memory on CPU
         seed=seed,
         data_seed=seed,
         dataloader_num_workers=cfg.num_workers,
@@ -125,7 +127,7 @@ def _run(trainer: Trainer, output_dir: Path, processor: ProcessorMixin) -> Path:
     if last:
         log.info("resuming from %s", last)
     trainer.train(resume_from_checkpoint=last)
-    final = Path(output_dir) / "final"
+    final = TrainingFolder(Path(output_dir)).final
     trainer.save_model(str(final))
     if trainer.is_world_process_zero():
         processor.save_pretrained(str(final))
@@ -140,7 +142,7 @@ def _train(trainer_cls: type[Trainer], model: PreTrainedModel, processor: Proces
         args=training_arguments(cfg, output_dir, seed),
         train_dataset=rows,
         data_collator=collator,
-        callbacks=[JsonlLogger(Path(output_dir) / "log.jsonl")],
+        callbacks=[JsonlLogger(TrainingFolder(Path(output_dir)).log)],
         **extra,
     )
     return _run(trainer, output_dir, processor)

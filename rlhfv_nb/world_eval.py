@@ -19,14 +19,14 @@ from rlhfv_nb.world import Scene, same_answer
 
 def world_vocabulary(cfg: Config) -> ChairVocabulary:
     """The world's CHAIR vocabulary, as written by stage 01."""
-    text = (cfg.run_path / "data" / "world_synonyms.txt").read_text()
+    text = cfg.layout.world_synonyms.read_text()
     return ChairVocabulary.from_synonyms_text(text, name="synthetic-world")
 
 
 def eval_items(cfg: Config) -> list[dict[str, Any]]:
     """Held-out items (`<run>/data/eval.parquet`), optionally limited to the first `evaluation.limit` images."""
     rows = [dict(r, image=r["image"]["bytes"], id=r["uid"])
-            for r in read_parquet(cfg.run_path / "data" / "eval.parquet")]
+            for r in read_parquet(cfg.layout.eval_rows)]
     if cfg.evaluation.limit:
         images = set(list(dict.fromkeys(r["image_id"] for r in rows))[: cfg.evaluation.limit])
         rows = [r for r in rows if r["image_id"] in images]

@@ -30,9 +30,9 @@ def make_demo_run(run_dir) -> Config:
                        "data": {"sft_images": 8, "feedback_images": 1, "eval_images": 3},
                        "demo": {"max_new_tokens": 12}})
     pipeline.prepare_data(cfg)
-    base = pipeline.base_model_path(cfg)
+    base = pipeline.build_base_model(cfg)
     save_adapter(cfg, base, pipeline.sft_model_path(cfg), seed=1)
-    save_adapter(cfg, base, str(pipeline.ddpo_dir(cfg, cfg.ddpo.gamma) / "final"), seed=2)
+    save_adapter(cfg, base, str(cfg.layout.ddpo(cfg.ddpo.gamma).final), seed=2)
     return cfg
 
 

@@ -21,6 +21,7 @@ from rlhfv_nb.data import (
     rlhfv_records,
     write_parquet,
 )
+from rlhfv_nb.layout import RunLayout
 
 ORIGIN = ("ds_name", "origin_dataset", "origin_split", "idx", "image_path")
 
@@ -177,7 +178,7 @@ def _write_preferences(run_dir, long_index: int) -> list[dict]:
     items = _items(4)
     items[long_index]["chosen"] = " ".join(["a red ball"] * 30)
     rows, _ = normalise_preferences(datasets.Dataset.from_list(_rlaif_rows(items)), "test")
-    write_parquet(rows, run_dir / "data" / "preferences.parquet")
+    write_parquet(rows, RunLayout(run_dir).feedback_preferences)  # cpu-tiny trains on collected pairs
     return rows
 
 

@@ -306,3 +306,33 @@ def test_sft_term_subtracts_alpha_times_chosen_score(ddpo_setup):
     # upstream's optional term: loss = DDPO loss - alpha * mean S_pi(chosen), the (weighted) DDPO score
     assert loss == pytest.approx(metrics["ddpo_loss"] - alpha * metrics["scores/chosen"], rel=1e-5)
     assert loss != pytest.approx(metrics["ddpo_loss"], rel=1e-3)  # the term is not negligible here
+
+
+def test_reference_is_computed_under_the_training_precision(tmp_path):
+    """bf16 autocast on CPU: the reference pass runs under the autocast training uses, so at step 0 the policy's
+    plain and weighted scores equal the cached ones (here exactly; 1e-4 allowed), while an fp32 reference of the
+    same model differs by far more than that."""
+    from rlhfv_nb.config import load_config
+    from rlhfv_nb.launch import ddpo_inputs, launch_stage
+    from rlhfv_nb.logps import read_cache
+    from rlhfv_nb.train import read_log
+
+    params = make_run(tmp_path / "run", pairs=8)
+    params["ddpo"].update(max_steps=1, batch_size=4, logging_steps=1, bf16=True)
+    cfg = load_config(CPU_TINY, **params)
+    rows, cache = ddpo_inputs(cfg, compute_missing=True)
+    fp32 = load_config(CPU_TINY, **{**params, "ddpo": {**params["ddpo"], "bf16": False},
+                                    "run_dir": str(tmp_path / "fp32")})
+    fp32.layout.root.mkdir()
+    for name in ("base", "feedback"):
+        (fp32.layout.root / name).symlink_to(cfg.layout.root / name)
+    _, fp32_cache = ddpo_inputs(fp32, compute_missing=True)
+    bf16_logps, fp32_logps = read_cache(cache), read_cache(fp32_cache)
+    gap = max(abs(sum(bf16_logps[uid]["chosen"]) - sum(fp32_logps[uid]["chosen"])) for uid in bf16_logps)
+    assert gap > 1e-3  # what the policy/reference mismatch at step 0 was with an fp32 reference
+
+    final = launch_stage(cfg, "ddpo", gamma=2.0)
+    first = next(r for r in read_log(final.parent / "log.jsonl") if "ddpo_loss" in r)
+    for name in ("logps/chosen", "logps/rejected", "scores/chosen", "scores/rejected"):
+        assert first[name] == pytest.approx(first[name.replace("/", "_ref/")], abs=1e-4)
+    assert first["ddpo_loss"] == pytest.approx(math.log(2), abs=1e-5)

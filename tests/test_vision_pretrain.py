@@ -54,7 +54,8 @@ def test_frozen_vision_tower_gets_no_gradient(cfg):
 
 
 def test_the_world_run_pretrains_and_records_it(tmp_path):
-    """`base_model_path` builds the tiny model and pretrains its tower when the SFT rows carry scenes."""
+    """`build_base_model` builds the tiny model and pretrains its tower when the SFT rows carry scenes;
+    `base_model_path` only finds it."""
     from rlhfv_nb import pipeline
 
     run = load_config(CPU_TINY, run_dir=str(tmp_path), data={"sft_images": 12, "eval_images": 2, "feedback_images": 2},
@@ -62,7 +63,9 @@ def test_the_world_run_pretrains_and_records_it(tmp_path):
     pipeline.prepare_data(run)
     (tmp_path / "base.partial").mkdir()  # what a run killed while building the base leaves behind
     (tmp_path / "base.partial" / "config.json").write_text("{}")
-    base = pipeline.base_model_path(run)
+    with pytest.raises(FileNotFoundError, match="stage 02 builds it"):
+        pipeline.base_model_path(run)  # finding a path never trains
+    base = pipeline.build_base_model(run)
     record = (tmp_path / "base" / "vision_pretrain.json").read_text()
     assert base == str(tmp_path / "base") and '"steps": 3' in record
     assert not (tmp_path / "base.partial").exists()

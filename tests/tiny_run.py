@@ -10,6 +10,7 @@ from PIL import Image
 
 from rlhfv_nb.config import TinyModelConfig
 from rlhfv_nb.data import encode_image, write_parquet
+from rlhfv_nb.layout import RunLayout
 from rlhfv_nb.modeling import build_tiny_model
 
 # The miniature's preset: the config defaults are the 7B recipe's, so tests on tiny models start from this file.
@@ -35,12 +36,12 @@ def _pair(rng: random.Random, index: int) -> dict[str, Any]:
 
 
 def make_run(run_dir: Path, pairs: int = 8, seed: int = 0) -> dict[str, Any]:
-    """Write `<run_dir>/base` (tiny LLaVA) and `<run_dir>/data/preferences.parquet`; returns params for it."""
+    """Write `<run_dir>/base` (tiny LLaVA) and the preference pairs where stage 02 leaves them; returns params."""
     rng = random.Random(seed)
     rows = [_pair(rng, i) for i in range(pairs)]
     corpus = [f"USER: <image>\n{r['question']} ASSISTANT: {r[k]}</s>" for r in rows for k in ("chosen", "rejected")]
     build_tiny_model(corpus * 4, SHAPE, Path(run_dir) / "base", seed)
-    write_parquet(rows, Path(run_dir) / "data" / "preferences.parquet")
+    write_parquet(rows, RunLayout(Path(run_dir)).feedback_preferences)  # as stage 02 leaves collected pairs
     return {
         "name": "test-tiny",
         "seed": seed,

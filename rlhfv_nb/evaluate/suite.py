@@ -143,7 +143,7 @@ def run_benchmarks(cfg: Config, models: dict[str, str], sources: Sources | None 
             by_bench.update({name: BenchmarkResult(status) for name in names})
     settings = eval_settings(cfg)
     for name, path in models.items():
-        folder = cfg.run_path / "eval" / slugs[name]
+        folder = cfg.layout.eval_model(slugs[name])
         results[name].update(_evaluate_model(cfg, path, folder, tasks, settings))
         results[name] = {b: results[name][b] for b in dict.fromkeys(cfg.evaluation.benchmarks)}
     j = cfg.evaluation.judge
@@ -185,7 +185,7 @@ def _score(cfg: Config, task: Task, answers: dict[str, str], folder: Path) -> di
     """Score one task's answers (through a fresh judge client, so its usage is this task's); writes scores.json."""
     j = cfg.evaluation.judge
     try:
-        judge = JudgeClient(j.model, j.base_url, j.api_key_env, cache_dir=cfg.run_path / "eval" / "judge_cache",
+        judge = JudgeClient(j.model, j.base_url, j.api_key_env, cache_dir=cfg.layout.judge_cache,
                             max_concurrency=j.max_concurrency) if task.judged else None
         metrics, details = task.score(answers, judge)
         write_json(folder / "scores.json", details)

@@ -206,7 +206,7 @@ def test_world_benchmarks_share_one_generation_pass(tmp_path: Path) -> None:
                       data={"sft_images": 20, "feedback_images": 2, "eval_images": 3},
                       evaluation={"max_new_tokens": 6, "batch_size": 8, "limit": 2})
     pipeline.prepare_data(cfg)
-    result = run_benchmarks(cfg, {"base": pipeline.base_model_path(cfg)})
+    result = run_benchmarks(cfg, {"base": pipeline.build_base_model(cfg)})
 
     by_bench = result.results["base"]
     assert list(by_bench) == ["world_chair", "world_pope"] and all(r.ok for r in by_bench.values())

@@ -1,0 +1,159 @@
+"""Every path of a run folder, in one place: no other module joins run-folder paths.
+
+    data/          stage 01: sft.parquet, eval.parquet, preferences.parquet (loaded pairs), feedback_scenes.json,
+                   world_synonyms.txt, report.json; logps/ (the reference cache, written by stage 03)
+    base/          the tiny base model (stage 02 builds it; a hub base lives elsewhere)
+    sft/           stage 02: log.jsonl, checkpoints/, final/
+    feedback/      stage 02: answers.jsonl, rlhfv_feedback.parquet, preferences.parquet (collected pairs), stats.json
+    ddpo/gammaG/   stage 03: log.jsonl, checkpoints/, final/
+    eval/          stage 04: one folder per model, judge_cache/
+    stages/        one manifest per finished stage (rlhfv_nb.manifests)
+    notebooks/, logs/, launch/, params.yaml, metrics.json
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+
+@dataclass(frozen=True)
+class TrainingFolder:
+    """A training stage's folder (`sft/`, `ddpo/gammaG/`): its log, its checkpoints and the final model."""
+
+    root: Path
+
+    @property
+    def log(self) -> Path:
+        return self.root / "log.jsonl"
+
+    @property
+    def checkpoints(self) -> Path:
+        return self.root / "checkpoints"
+
+    @property
+    def final(self) -> Path:
+        return self.root / "final"
+
+
+@dataclass(frozen=True)
+class RunLayout:
+    """The paths of the run folder `root`."""
+
+    root: Path
+
+    # stage 01: data
+    @property
+    def data(self) -> Path:
+        return self.root / "data"
+
+    @property
+    def sft_rows(self) -> Path:
+        return self.data / "sft.parquet"
+
+    @property
+    def eval_rows(self) -> Path:
+        return self.data / "eval.parquet"
+
+    @property
+    def loaded_preferences(self) -> Path:
+        """Preference pairs loaded from a hub id or file by stage 01."""
+        return self.data / "preferences.parquet"
+
+    @property
+    def feedback_scenes(self) -> Path:
+        return self.data / "feedback_scenes.json"
+
+    @property
+    def world_synonyms(self) -> Path:
+        return self.data / "world_synonyms.txt"
+
+    @property
+    def data_report(self) -> Path:
+        return self.data / "report.json"
+
+    @property
+    def reference_cache_dir(self) -> Path:
+        return self.data / "logps"
+
+    # stage 02: base, SFT, feedback
+    @property
+    def base(self) -> Path:
+        return self.root / "base"
+
+    @property
+    def base_partial(self) -> Path:
+        """Where the tiny base is built; renamed to `base` when complete."""
+        return self.root / "base.partial"
+
+    @property
+    def vision_pretrain_log(self) -> Path:
+        return self.base / "vision_pretrain.json"
+
+    @property
+    def sft(self) -> TrainingFolder:
+        return TrainingFolder(self.root / "sft")
+
+    @property
+    def feedback(self) -> Path:
+        return self.root / "feedback"
+
+    @property
+    def feedback_answers(self) -> Path:
+        return self.feedback / "answers.jsonl"
+
+    @property
+    def feedback_records(self) -> Path:
+        """The collected pairs in the RLHF-V-Dataset schema."""
+        return self.feedback / "rlhfv_feedback.parquet"
+
+    @property
+    def feedback_preferences(self) -> Path:
+        """The collected pairs after the same loader as hub data."""
+        return self.feedback / "preferences.parquet"
+
+    @property
+    def feedback_stats(self) -> Path:
+        return self.feedback / "stats.json"
+
+    # stage 03: DDPO
+    def ddpo(self, gamma: float) -> TrainingFolder:
+        return TrainingFolder(self.root / "ddpo" / f"gamma{gamma:g}")
+
+    # stage 04: evaluation
+    @property
+    def eval(self) -> Path:
+        return self.root / "eval"
+
+    def eval_model(self, slug: str) -> Path:
+        return self.eval / slug
+
+    @property
+    def judge_cache(self) -> Path:
+        return self.eval / "judge_cache"
+
+    @property
+    def metrics(self) -> Path:
+        return self.root / "metrics.json"
+
+    # bookkeeping
+    def manifest(self, stage: str) -> Path:
+        return self.root / "stages" / f"{stage}.json"
+
+    @property
+    def notebooks(self) -> Path:
+        return self.root / "notebooks"
+
+    def notebook(self, stage: str) -> Path:
+        return self.notebooks / f"{stage}.ipynb"
+
+    def log(self, stage: str) -> Path:
+        return self.root / "logs" / f"{stage}.log"
+
+    def launch_params(self, stage: str) -> Path:
+        return self.root / "launch" / f"{stage}.yaml"
+
+    @property
+    def params(self) -> Path:
+        return self.root / "params.yaml"
+
