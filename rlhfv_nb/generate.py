@@ -7,6 +7,7 @@ is refused rather than mixing answers.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from collections.abc import Sequence
@@ -34,6 +35,11 @@ class GenerationSettings:
     top_p: float = 1.0
     repetition_penalty: float = 1.0
     seed: int = 0
+
+    @property
+    def key(self) -> str:
+        """A short hash of the settings: answer files named by it are never reused under other settings."""
+        return hashlib.sha256(json.dumps(asdict(self), sort_keys=True).encode()).hexdigest()[:8]
 
     def generate_kwargs(self) -> dict[str, Any]:
         kwargs: dict[str, Any] = dict(

@@ -218,9 +218,8 @@ def main(argv: Sequence[str] | None = None) -> None:
 
     if torch.cuda.is_available():  # before loading: a 4-bit model goes to the current device
         torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
-    if stage == "sft" and int(os.environ.get("WORLD_SIZE", "1")) > 1 and cfg.model.base == "tiny" and not (
-        cfg.layout.base / "config.json"
-    ).exists():
+    several = int(os.environ.get("WORLD_SIZE", "1")) > 1
+    if stage == "sft" and several and cfg.model.base == "tiny" and not cfg.layout.base_built:
         raise LaunchError("the tiny base model is missing: build it once first (pipeline.build_base_model, or "
                           "launch_stage does it); launched processes would all build it at once")
     out = run_stage(cfg, stage, gamma, launched=True)

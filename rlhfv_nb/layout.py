@@ -82,6 +82,11 @@ class RunLayout:
         return self.root / "base"
 
     @property
+    def base_built(self) -> bool:
+        """Whether the tiny base model is complete (its config is written last, by the rename)."""
+        return (self.base / "config.json").exists()
+
+    @property
     def base_partial(self) -> Path:
         """Where the tiny base is built; renamed to `base` when complete."""
         return self.root / "base.partial"

@@ -118,7 +118,7 @@ def base_model_path(cfg: Config) -> str:
     """The base model: a hub id/folder, or the run's tiny model (built by `build_base_model`, never here)."""
     if cfg.model.base != "tiny":
         return cfg.model.base
-    if not (cfg.layout.base / "config.json").exists():
+    if not cfg.layout.base_built:
         raise FileNotFoundError(f"the tiny base model is not built yet ({cfg.layout.base}): stage 02 builds it "
                                 "(pipeline.build_base_model)")
     return str(cfg.layout.base)
@@ -127,7 +127,7 @@ def base_model_path(cfg: Config) -> str:
 def build_base_model(cfg: Config) -> str:
     """The base model, building the tiny one (once) from the run's SFT corpus and pretraining its vision tower."""
     layout = cfg.layout
-    if cfg.model.base == "tiny" and not (layout.base / "config.json").exists():
+    if cfg.model.base == "tiny" and not layout.base_built:
         # Built and pretrained in a side folder, renamed when complete: a kill mid-way leaves no half-made base.
         shutil.rmtree(layout.base_partial, ignore_errors=True)
         rows = read_parquet(layout.sft_rows)

@@ -1,6 +1,6 @@
 """One call for notebook 04: every configured benchmark for every model, answers cached, failures reported.
 
-Per model and generation pass, answers go to `<run>/eval/<model-slug>/<task>/answers.jsonl`
+Per model and generation pass, answers go to `<run>/eval/<model-slug>/<task>/answers-<settings key>.jsonl`
 (resumable) and the detailed scores to `scores.json` beside it. A benchmark that cannot run
 (no judge key, COCO missing offline, a crash) gets a `status` saying why; the others still run.
 """
@@ -166,8 +166,8 @@ def _evaluate_model(
     answers: dict[str, dict[str, str]] = {}
     for task in tasks:
         try:
-            generated = generate_answers(model, processor, task.items, settings, folder / task.name / "answers.jsonl",
-                                         cfg.evaluation.batch_size)
+            generated = generate_answers(model, processor, task.items, settings,
+                                         answers_path(folder / task.name, settings), cfg.evaluation.batch_size)
             answers[task.name] = {a["id"]: a["answer"] for a in generated}
         except Exception as err:
             out.update({name: BenchmarkResult(_failure("generating answers", err)) for name in task.benchmarks})
@@ -177,11 +177,17 @@ def _evaluate_model(
         torch.cuda.empty_cache()
     for task in tasks:
         if task.name in answers:
-            out.update(_score(cfg, task, answers[task.name], folder / task.name))
+            out.update(_score(cfg, task, answers[task.name], folder / task.name, settings))
     return out
 
 
-def _score(cfg: Config, task: Task, answers: dict[str, str], folder: Path) -> dict[str, BenchmarkResult]:
+def answers_path(folder: Path, settings: GenerationSettings) -> Path:
+    """A task's answers under `settings`: other settings (e.g. a changed max_new_tokens) get another file."""
+    return folder / f"answers-{settings.key}.jsonl"
+
+
+def _score(cfg: Config, task: Task, answers: dict[str, str], folder: Path, settings: GenerationSettings
+           ) -> dict[str, BenchmarkResult]:
     """Score one task's answers (through a fresh judge client, so its usage is this task's); writes scores.json."""
     j = cfg.evaluation.judge
     try:
@@ -192,6 +198,6 @@ def _score(cfg: Config, task: Task, answers: dict[str, str], folder: Path) -> di
     except Exception as err:
         return {name: BenchmarkResult(_failure("scoring", err)) for name in task.benchmarks}
     counts = {"n_items": len(answers), "n_empty_answers": sum(not a.strip() for a in answers.values())}
-    answers_file = str(folder / "answers.jsonl")
+    answers_file = str(answers_path(folder, settings))
     return {name: BenchmarkResult("ok", {**counts, **m}, j.model if task.judged else None, answers_file)
             for name, m in metrics.items()}

@@ -17,7 +17,7 @@ from rlhfv_nb import pipeline
 from rlhfv_nb.config import Config, TinyModelConfig, load_config
 from rlhfv_nb.evaluate import benchmarks, paper
 from rlhfv_nb.evaluate.benchmarks import read_jsonl
-from rlhfv_nb.evaluate.suite import Sources, model_slug, paper_table, run_benchmarks
+from rlhfv_nb.evaluate.suite import Sources, answers_path, model_slug, paper_table, run_benchmarks
 from rlhfv_nb.generate import GenerationSettings, eval_settings
 from rlhfv_nb.modeling import build_tiny_model
 
@@ -129,7 +129,8 @@ def test_all_benchmarks_with_a_judge(tiny_model: str, coco: Path, sources: Sourc
         folder = tmp_path / "run" / "eval" / model_slug(name)
         for task in REAL:
             assert (folder / task / "scores.json").exists()
-            assert len((folder / task / "answers.jsonl").read_text().splitlines()) == by_bench[task].metrics["n_items"]
+            answers = answers_path(folder / task, result.generation)
+            assert len(answers.read_text().splitlines()) == by_bench[task].metrics["n_items"]
 
     table = result.table()
     assert list(table.index) == list(models)
@@ -216,6 +217,12 @@ def test_world_benchmarks_share_one_generation_pass(tmp_path: Path) -> None:
     assert by_bench["world_chair"].answers == by_bench["world_pope"].answers
     assert sorted(p.name for p in (tmp_path / "run" / "eval" / "base").iterdir()) == ["world"]
     assert {"World Resp. (CHAIRs_refine)", "POPE world acc"} <= set(result.table().columns)
+
+    # other generation settings (a re-run stage 04 with another max_new_tokens) answer into their own file
+    longer = dataclasses.replace(cfg, evaluation=dataclasses.replace(cfg.evaluation, max_new_tokens=4))
+    again = run_benchmarks(longer, {"base": pipeline.build_base_model(cfg)}).results["base"]
+    assert all(r.ok for r in again.values()) and again["world_chair"].answers != by_bench["world_chair"].answers
+    assert len(list((tmp_path / "run" / "eval" / "base" / "world").glob("answers-*.jsonl"))) == 2
 
 
 def test_paper_table() -> None:
