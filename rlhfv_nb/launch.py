@@ -222,7 +222,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     if stage == "sft" and several and cfg.model.base == "tiny" and not cfg.layout.base_built:
         raise LaunchError("the tiny base model is missing: build it once first (pipeline.build_base_model, or "
                           "launch_stage does it); launched processes would all build it at once")
-    out = run_stage(cfg, stage, gamma, launched=True)
+    # A single process (`python -m rlhfv_nb.launch ddpo ...`) computes a missing reference itself; launched
+    # processes only read what launch_stage computed before starting them.
+    out = run_stage(cfg, stage, gamma, launched=int(os.environ.get("WORLD_SIZE", "1")) > 1)
     if rank == 0:
         print(f"{DONE}{out}", flush=True)
 

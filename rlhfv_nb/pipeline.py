@@ -272,6 +272,11 @@ def reference_cache(cfg: Config, rows: list[dict[str, Any]]) -> Path:
     return cache_path(cfg.layout.reference_cache_dir, sft_model_path(cfg), rows)
 
 
+def reference_settings_path(cache: Path) -> Path:
+    """How the reference cache `cache` was computed (device, autocast, quantisation), beside it."""
+    return cache.with_name(cache.stem + ".settings.json")
+
+
 def compute_reference(cfg: Config, rows: list[dict[str, Any]], processor=None) -> Path:
     """Per-token reference log-probs of `rows` under the frozen SFT model, cached in `<run>/data/logps`.
 
@@ -292,6 +297,10 @@ def compute_reference(cfg: Config, rows: list[dict[str, Any]], processor=None) -
                                  cfg.model)
     with torch.autocast(device, dtype=torch.bfloat16, enabled=cfg.ddpo.bf16):
         reference_logps(model, processor, rows, cache, cfg.ddpo.ref_batch_size)
+    write_json(reference_settings_path(cache), {
+        "computed_by": "rlhfv_nb.pipeline.compute_reference", "device": device,
+        "autocast": "bfloat16" if cfg.ddpo.bf16 else None, "load_in_4bit": cfg.model.load_in_4bit,
+        "lora_at_identity": cfg.model.lora.enabled, "batch_size": cfg.ddpo.ref_batch_size})
     del model
     gc.collect()
     if device == "cuda":

@@ -17,7 +17,10 @@ training moved weights by 2.5e-3; the test allows 1% of that movement.
 
 from __future__ import annotations
 
+import json
 import shutil
+import subprocess
+import sys
 import time
 
 import pytest
@@ -25,7 +28,9 @@ from safetensors.torch import load_file
 from tiny_run import CPU_TINY, make_run
 
 from rlhfv_nb.config import load_config
-from rlhfv_nb.launch import ddpo_inputs, launch_stage
+from rlhfv_nb.launch import ddpo_inputs, launch_env, launch_stage, write_params
+from rlhfv_nb.logps import read_cache
+from rlhfv_nb.pipeline import reference_settings_path
 from rlhfv_nb.train import read_log
 
 GAMMA = 2.0
@@ -81,3 +86,34 @@ def test_gradient_accumulation_matches_one_batch(prepared, single):
 
 def test_two_processes_match_one(prepared, single):
     _assert_same(prepared, single, _run(prepared, "two", batch=2, accumulation=1, processes=2), "2 processes x 2")
+
+
+def test_every_entry_point_computes_the_reference_through_one_function(prepared, tmp_path):
+    """The CLI (`python -m rlhfv_nb.launch ddpo`, one process) and a 2-process launch start without a reference
+    cache and each compute it through `pipeline.compute_reference` (its settings file says so), to the same
+    values as the fixture's `ddpo_inputs`; notebook 03's path is checked in tests/test_notebooks.py."""
+    root, params = prepared
+    template = load_config(CPU_TINY, **params)
+    expected = read_cache(ddpo_inputs(template, compute_missing=False)[1])
+    caches = {}
+    for name, processes in (("cli", 1), ("launch", 2)):
+        run_dir = tmp_path / name
+        shutil.copytree(root / "template", run_dir, ignore=shutil.ignore_patterns("logps"))
+        cfg = load_config(CPU_TINY, **{**params, "run_dir": str(run_dir), "launch": {"num_processes": processes},
+                                       "ddpo": {**params["ddpo"], "max_steps": 1}})
+        assert not cfg.layout.reference_cache_dir.exists()
+        if name == "cli":
+            command = [sys.executable, "-m", "rlhfv_nb.launch", "ddpo", str(write_params(cfg, tmp_path / "p.yaml")),
+                       "--gamma", str(GAMMA)]
+            subprocess.run(command, check=True, capture_output=True, text=True, env=launch_env())
+        else:
+            launch_stage(cfg, "ddpo", gamma=GAMMA)
+        (cache,) = cfg.layout.reference_cache_dir.glob("ref-*.jsonl")
+        settings = json.loads(reference_settings_path(cache).read_text())
+        assert settings["computed_by"] == "rlhfv_nb.pipeline.compute_reference" and settings["device"] == "cpu"
+        caches[name] = read_cache(cache)
+    for got in caches.values():
+        assert got.keys() == expected.keys()
+        for uid, entry in expected.items():
+            assert got[uid]["chosen"] == pytest.approx(entry["chosen"], abs=1e-6)
+            assert got[uid]["rejected"] == pytest.approx(entry["rejected"], abs=1e-6)

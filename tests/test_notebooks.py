@@ -42,6 +42,8 @@ def test_every_stage_leaves_its_artifacts(run_folder: Path) -> None:
         assert injected, f"{stage.name}: papermill did not record the parameters"
         assert (run_folder / "stages" / f"{stage.name}.json").exists()
     assert (run_folder / "sft" / "final" / "config.json").exists()
+    (reference,) = (run_folder / "data" / "logps").glob("ref-*.settings.json")  # notebook 03's reference pass
+    assert json.loads(reference.read_text())["computed_by"] == "rlhfv_nb.pipeline.compute_reference"
     assert (run_folder / "ddpo" / "gamma5" / "final" / "config.json").exists()
     assert (run_folder / "ddpo" / "gamma1" / "final" / "config.json").exists()
     metrics = json.loads((run_folder / "metrics.json").read_text())
