@@ -29,12 +29,11 @@ from rlhfv_nb.config import DDPOConfig, ModelConfig, load_config  # noqa: E402
 from rlhfv_nb.data import decode_image, read_parquet  # noqa: E402
 from rlhfv_nb.ddpo import ddpo_loss  # noqa: E402
 from rlhfv_nb.families import lora_modules, peft_modules_to_save, resolve_family  # noqa: E402
-from rlhfv_nb.features import PairCollator, response_ids  # noqa: E402
 from rlhfv_nb.files import write_json  # noqa: E402
 from rlhfv_nb.logps import read_cache, reference_logps  # noqa: E402
 from rlhfv_nb.modeling import count_parameters, load_model, load_processor  # noqa: E402
-from rlhfv_nb.pipeline import ddpo_dataset  # noqa: E402
-from rlhfv_nb.train import DDPOTrainer, prepare_for_training, training_arguments  # noqa: E402
+from rlhfv_nb.pipeline import ddpo_dataset, tokenise_pairs  # noqa: E402
+from rlhfv_nb.train import ddpo_trainer  # noqa: E402
 
 
 @dataclass
@@ -125,11 +124,10 @@ def load(spec: ArmSpec) -> tuple[Any, Any]:
 
 
 def token_rows(spec: ArmSpec, processor: Any) -> list[dict[str, Any]]:
-    """Pairs as rlhfv_nb's reference pass and DDPO take them (uid, image bytes, question, token ids)."""
-    return [{"uid": r["uid"], "image": r["image"]["bytes"], "question": r["question"],
-             "chosen_ids": response_ids(processor, r["question"], r["chosen"]),
-             "rejected_ids": response_ids(processor, r["question"], r["rejected"])}
-            for r in read_parquet(Path(spec.pairs_path))]
+    """Pairs as rlhfv_nb's reference pass and DDPO take them, through its own tokenisation (`tokenise_pairs`)."""
+    cfg = load_config({"model": {"base": spec.model_dir}, "data": {"max_length": spec.max_length,
+                                                                   "on_bad_row": "error"}})
+    return tokenise_pairs(cfg, processor, Path(spec.pairs_path))[0]
 
 
 def fresh_reference(model: Any, processor: Any, rows: list[dict[str, Any]], path: Path, batch: int) -> dict:
@@ -152,9 +150,8 @@ def build_ours(spec: ArmSpec, clock: Clock) -> tuple[Any, Any, list[dict[str, An
     keep_for_evaluation(Path(spec.work_dir) / "ref-ours.jsonl", Path(spec.eval_reference))
     pairs = ddpo_dataset(rows, reference, spec.gamma, min_match=3)
     cfg = spec.ddpo_cfg()
-    trainer = DDPOTrainer(model=prepare_for_training(model, spec.model_cfg),
-                          args=training_arguments(cfg, Path(spec.work_dir) / "ours", spec.seed), train_dataset=pairs,
-                          data_collator=PairCollator(processor), callbacks=[clock], ddpo=cfg)
+    trainer = ddpo_trainer(model, processor, pairs, cfg, spec.model_cfg, Path(spec.work_dir) / "ours", spec.seed,
+                           callbacks=[clock])
     return trainer, processor, rows
 
 

@@ -242,11 +242,12 @@ def preferences_path(cfg: Config) -> Path:
     return cfg.layout.feedback_preferences if cfg.data.preferences == "feedback" else cfg.layout.loaded_preferences
 
 
-def tokenise_pairs(cfg: Config, processor) -> tuple[list[dict[str, Any]], BadRows]:
-    """Preference pairs with token ids; pairs longer than `data.max_length` are reported and skipped."""
+def tokenise_pairs(cfg: Config, processor, path: Path | None = None) -> tuple[list[dict[str, Any]], BadRows]:
+    """Preference pairs (the run's, or those in `path`) with token ids; pairs longer than `data.max_length` are
+    reported and skipped."""
     bad = BadRows("preferences.parquet")
     rows = []
-    ds = read_parquet(preferences_path(cfg))
+    ds = read_parquet(path or preferences_path(cfg))
     prompt_lengths: dict[str, int] = {}
     for index, row in enumerate(ds):
         image = row["image"]["bytes"]

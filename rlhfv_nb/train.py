@@ -10,6 +10,7 @@ import json
 import logging
 import os
 from collections import defaultdict
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -134,18 +135,18 @@ def _run(trainer: Trainer, output_dir: Path, processor: ProcessorMixin) -> Path:
     return final
 
 
-def _train(trainer_cls: type[Trainer], model: PreTrainedModel, processor: ProcessorMixin, rows: datasets.Dataset,
-           collator: Any, cfg: TrainConfig, model_cfg: ModelConfig, output_dir: Path, seed: int, **extra: Any) -> Path:
-    """Prepare the model (checkpointing, k-bit, LoRA), train with `trainer_cls`, save; returns the model folder."""
-    trainer = trainer_cls(
+def make_trainer(trainer_cls: type[Trainer], model: PreTrainedModel, rows: datasets.Dataset, collator: Any,
+                 cfg: TrainConfig, model_cfg: ModelConfig, output_dir: Path, seed: int,
+                 callbacks: Sequence[TrainerCallback] = (), **extra: Any) -> Trainer:
+    """A `trainer_cls` over the prepared model (checkpointing, k-bit, LoRA), logging to `output_dir/log.jsonl`."""
+    return trainer_cls(
         model=prepare_for_training(model, model_cfg),
         args=training_arguments(cfg, output_dir, seed),
         train_dataset=rows,
         data_collator=collator,
-        callbacks=[JsonlLogger(TrainingFolder(Path(output_dir)).log)],
+        callbacks=[JsonlLogger(TrainingFolder(Path(output_dir)).log), *callbacks],
         **extra,
     )
-    return _run(trainer, output_dir, processor)
 
 
 def train_sft(
@@ -153,7 +154,8 @@ def train_sft(
     model_cfg: ModelConfig, output_dir: Path, seed: int,
 ) -> Path:
     """Supervised fine-tuning on rows with `image`, `question`, `answer_ids`. Returns the saved model folder."""
-    return _train(Trainer, model, processor, rows, SFTCollator(processor), cfg, model_cfg, output_dir, seed)
+    trainer = make_trainer(Trainer, model, rows, SFTCollator(processor), cfg, model_cfg, output_dir, seed)
+    return _run(trainer, output_dir, processor)
 
 
 class DDPOTrainer(Trainer):
@@ -222,5 +224,13 @@ def train_ddpo(
     model_cfg: ModelConfig, output_dir: Path, seed: int,
 ) -> Path:
     """DDPO on pairs carrying ids, dense weights and reference log-probs. Returns the saved model folder."""
-    return _train(DDPOTrainer, model, processor, pairs, PairCollator(processor), cfg, model_cfg, output_dir, seed,
-                  ddpo=cfg)
+    return _run(ddpo_trainer(model, processor, pairs, cfg, model_cfg, output_dir, seed), output_dir, processor)
+
+
+def ddpo_trainer(
+    model: PreTrainedModel, processor: ProcessorMixin, pairs: datasets.Dataset, cfg: DDPOConfig,
+    model_cfg: ModelConfig, output_dir: Path, seed: int, callbacks: Sequence[TrainerCallback] = (),
+) -> DDPOTrainer:
+    """The DDPO trainer `train_ddpo` runs (the bench drives it itself, with its own callbacks)."""
+    return make_trainer(DDPOTrainer, model, pairs, PairCollator(processor), cfg, model_cfg, output_dir, seed,
+                        callbacks, ddpo=cfg)
