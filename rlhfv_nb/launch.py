@@ -63,14 +63,13 @@ def ddpo_inputs(cfg: Config, compute_missing: bool) -> tuple[list[dict[str, Any]
     from rlhfv_nb.modeling import load_processor
 
     processor = load_processor(pipeline.sft_model_path(cfg), cfg.model)
-    rows, _ = pipeline.tokenise_pairs(cfg, processor)
-    cache = pipeline.reference_cache(cfg, rows)
+    rows, _, cache = pipeline.prepared_pairs(cfg, processor)
     missing = len({row["uid"] for row in rows} - read_cache(cache).keys())
     if missing and not compute_missing:
         raise LaunchError(f"{missing} of {len(rows)} pairs have no reference log-probs in {cache}; compute them "
                           "once before launching (pipeline.compute_reference, or launch_stage does it)")
     if missing:
-        cache = pipeline.compute_reference(cfg, rows, processor=processor)
+        cache = pipeline.compute_reference(cfg, rows, processor=processor, cache=cache)
     return rows, cache
 
 

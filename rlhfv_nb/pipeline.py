@@ -34,7 +34,7 @@ from rlhfv_nb.ddpo import diff_token_weights
 from rlhfv_nb.features import prompt_length, response_ids
 from rlhfv_nb.files import read_json, write_json
 from rlhfv_nb.generate import GenerationSettings, generate_answers
-from rlhfv_nb.logps import cache_path, reference_logps
+from rlhfv_nb.logps import cache_path, model_fingerprint, reference_logps
 from rlhfv_nb.manifests import write_manifest
 from rlhfv_nb.modeling import build_tiny_model, load_model, load_processor
 
@@ -268,6 +268,23 @@ def tokenise_pairs(cfg: Config, processor, path: Path | None = None) -> tuple[li
     return rows, bad
 
 
+# (data file, its mtime and size, SFT model fingerprint, length settings, cache folder) -> tokenised pairs
+_PREPARED: dict[tuple, tuple[list[dict[str, Any]], BadRows, Path]] = {}
+
+
+def prepared_pairs(cfg: Config, processor) -> tuple[list[dict[str, Any]], BadRows, Path]:
+    """Tokenised pairs, their skip report and their reference cache path, made once per process for the same data
+    file, SFT model and length settings: every gamma of a run reuses them instead of tokenising again."""
+    data = preferences_path(cfg)
+    stat = data.stat()
+    key = (str(data.resolve()), stat.st_mtime_ns, stat.st_size, model_fingerprint(sft_model_path(cfg)),
+           cfg.data.max_length, cfg.data.on_bad_row, str(cfg.layout.reference_cache_dir))
+    if key not in _PREPARED:
+        rows, bad = tokenise_pairs(cfg, processor)
+        _PREPARED[key] = (rows, bad, reference_cache(cfg, rows))
+    return _PREPARED[key]
+
+
 def reference_cache(cfg: Config, rows: list[dict[str, Any]]) -> Path:
     """Where the reference log-probs of `rows` under the run's SFT model live (`<run>/data/logps`)."""
     return cache_path(cfg.layout.reference_cache_dir, sft_model_path(cfg), rows)
@@ -278,7 +295,7 @@ def reference_settings_path(cache: Path) -> Path:
     return cache.with_name(cache.stem + ".settings.json")
 
 
-def compute_reference(cfg: Config, rows: list[dict[str, Any]], processor=None) -> Path:
+def compute_reference(cfg: Config, rows: list[dict[str, Any]], processor=None, cache: Path | None = None) -> Path:
     """Per-token reference log-probs of `rows` under the frozen SFT model, cached in `<run>/data/logps`.
 
     The one place the reference is computed: notebook 03, `rlhfv-nb ddpo` and `launch_stage` (before its launched
@@ -291,7 +308,7 @@ def compute_reference(cfg: Config, rows: list[dict[str, Any]], processor=None) -
     from rlhfv_nb.train import prepare_for_training
 
     path = sft_model_path(cfg)
-    cache = reference_cache(cfg, rows)
+    cache = cache or reference_cache(cfg, rows)
     processor = processor or load_processor(path, cfg.model)
     device = "cuda" if torch.cuda.is_available() else "cpu"
     model = prepare_for_training(load_model(path, cfg.model, device_map=device if device == "cuda" else None),

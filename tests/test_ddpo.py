@@ -336,3 +336,22 @@ def test_reference_is_computed_under_the_training_precision(tmp_path):
     for name in ("logps/chosen", "logps/rejected", "scores/chosen", "scores/rejected"):
         assert first[name] == pytest.approx(first[name.replace("/", "_ref/")], abs=1e-4)
     assert first["ddpo_loss"] == pytest.approx(math.log(2), abs=1e-5)
+
+
+def test_pairs_are_tokenised_once_per_process_for_the_same_inputs(tmp_path):
+    from rlhfv_nb.config import load_config
+    from rlhfv_nb.data import read_parquet, write_parquet
+    from rlhfv_nb.modeling import load_processor
+    from rlhfv_nb.pipeline import preferences_path, prepared_pairs
+
+    params = make_run(tmp_path / "run", pairs=4)
+    cfg = load_config(CPU_TINY, **params)
+    processor = load_processor(cfg.layout.base, cfg.model)
+    rows, _, cache = prepared_pairs(cfg, processor)
+    assert prepared_pairs(cfg, processor)[0] is rows and len(rows) == 4  # a second gamma reuses them
+    shorter = load_config(CPU_TINY, **{**params, "data": {**params["data"], "max_length": 40}})
+    assert prepared_pairs(shorter, processor)[0] is not rows  # other length settings: tokenised again
+    path = preferences_path(cfg)
+    write_parquet(list(read_parquet(path))[:3], path)  # the data changed: tokenised again, another cache key
+    again, _, other_cache = prepared_pairs(cfg, processor)
+    assert len(again) == 3 and other_cache != cache
