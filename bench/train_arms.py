@@ -160,9 +160,10 @@ def trl_peft_config(model: Any, model_cfg: ModelConfig) -> Any:
     from peft import LoraConfig as PeftLoraConfig
 
     cfg = model_cfg.lora
-    targets, saved = lora_modules(resolve_family(model, model_cfg.family), cfg)
+    family = resolve_family(model, model_cfg.family)
+    targets, saved = lora_modules(family, cfg)
     return PeftLoraConfig(r=cfg.r, lora_alpha=cfg.alpha, lora_dropout=cfg.dropout, target_modules=targets,
-                          modules_to_save=peft_modules_to_save(model, saved) or None, task_type="CAUSAL_LM")
+                          modules_to_save=peft_modules_to_save(model, saved, family) or None, task_type="CAUSAL_LM")
 
 
 def trl_dataset(spec: ArmSpec) -> datasets.Dataset:

@@ -56,9 +56,9 @@ class ModelFamily:
 
     def part_of(self, name: str) -> str:
         """"projector", "vision" or "language" for a parameter or module name (the projector wins over vision)."""
-        if any(_inside(name, path) for path in self.projector):
+        if any(inside(name, path) for path in self.projector):
             return "projector"
-        if any(_inside(name, path) for path in self.vision):
+        if any(inside(name, path) for path in self.vision):
             return "vision"
         return "language"
 
@@ -67,8 +67,9 @@ class ModelFamily:
         return self.part_of(name) == "vision"
 
 
-def _inside(name: str, path: str) -> bool:
-    """Whether the dotted `name` is `path` or lies below it (peft's wrappers may prefix it)."""
+def inside(name: str, path: str) -> bool:
+    """Whether the dotted `name` is `path` or lies below it (peft's wrappers may prefix it; peft's
+    `modules_to_save` matches a module whose name ends with `path` the same way)."""
     return re.search(rf"(^|\.){re.escape(path)}(\.|$)", name) is not None
 
 
@@ -144,24 +145,23 @@ def lora_modules(family: ModelFamily, lora: LoraConfig) -> tuple[str, list[str]]
     return targets, list(saved)
 
 
-def peft_modules_to_save(model: Any, paths: list[str]) -> list[str]:
-    """`paths` as peft can wrap them: a module list (Qwen3-VL's DeepStack mergers) becomes its members."""
+def peft_modules_to_save(model: Any, paths: list[str], family: ModelFamily) -> list[str]:
+    """The full names of the modules `paths` name, as peft can wrap them: a path names every module whose name
+    ends with it (peft's match), and a module list (Qwen3-VL's DeepStack mergers) becomes its members. A path
+    that names no module is an error: peft would skip it silently and train nothing there."""
     import torch
 
+    modules = dict(model.named_modules())
     out = []
     for path in paths:
-        module = model.get_submodule(path)
-        if isinstance(module, (torch.nn.ModuleList, torch.nn.ModuleDict)):
-            out += [f"{path}.{name}" for name, _ in module.named_children()]
-        else:
-            out.append(path)
+        found = [name for name in modules if name == path or name.endswith("." + path)]
+        if not found:
+            raise ValueError(f"model.lora.modules_to_save: {path!r} matches no module of this {family.name} model; "
+                             f"its layout is vision {list(family.vision)}, projector {list(family.projector)}, "
+                             f"decoder {family.decoder!r} (override with model.family or model.lora)")
+        for name in found:
+            if isinstance(modules[name], (torch.nn.ModuleList, torch.nn.ModuleDict)):
+                out += [f"{name}.{child}" for child, _ in modules[name].named_children()]
+            else:
+                out.append(name)
     return out
-
-
-def check_modules_exist(module_names: list[str], paths: list[str], what: str, family: ModelFamily) -> None:
-    """Raise when a configured module path matches none of the model's modules (it would be silently ignored)."""
-    for path in paths:
-        if not any(_inside(name, path) for name in module_names):
-            raise ValueError(f"{what}: {path!r} matches no module of this {family.name} model; its layout is "
-                             f"vision {list(family.vision)}, projector {list(family.projector)}, decoder "
-                             f"{family.decoder!r} (override with model.family or model.lora)")

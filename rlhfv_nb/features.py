@@ -6,6 +6,7 @@ so every stage sees exactly the same tokens.
 
 from __future__ import annotations
 
+import functools
 import inspect
 import os
 from collections.abc import Sequence
@@ -29,8 +30,12 @@ def answers_as_suffix(processor: ProcessorMixin) -> bool:
 
     Such a processor marks the suffix's tokens `token_type_ids` 1, so they attend causally; the prompt's are 0.
     """
-    return getattr(processor, "chat_template", None) is None and \
-        "suffix" in inspect.signature(type(processor).__call__).parameters
+    return getattr(processor, "chat_template", None) is None and _takes_suffix(type(processor))
+
+
+@functools.cache
+def _takes_suffix(processor_class: type) -> bool:
+    return "suffix" in inspect.signature(processor_class.__call__).parameters
 
 
 def prompt_text(processor: ProcessorMixin, question: str) -> str:
@@ -52,13 +57,22 @@ def adds_bos(processor: ProcessorMixin, prompt: str) -> bool:
 def end_of_turn(ids: list[int], tokenizer: Any) -> list[int]:
     """An answer's ids cut after its first special token (the end of turn); without one, trailing whitespace-only
     tokens are dropped and EOS appended. So every answer ends with exactly one end-of-turn token."""
-    special = set(tokenizer.all_special_ids) | {i for i, t in tokenizer.added_tokens_decoder.items() if t.special}
+    special = special_ids(tokenizer)
     for index, token in enumerate(ids):
         if token in special:
             return ids[: index + 1]
     while ids and not tokenizer.decode(ids[-1:]).strip():
         ids = ids[:-1]
     return [*ids, tokenizer.eos_token_id]
+
+
+@functools.lru_cache(maxsize=8)
+def special_ids(tokenizer: Any) -> frozenset[int]:
+    """The tokenizer's special token ids, its added special tokens included (Gemma's <end_of_turn> and the like).
+
+    Cached per tokenizer: `response_ids` runs once per answer, and some vocabularies add thousands of tokens.
+    """
+    return frozenset(tokenizer.all_special_ids) | {i for i, t in tokenizer.added_tokens_decoder.items() if t.special}
 
 
 def response_ids(processor: ProcessorMixin, question: str, answer: str) -> list[int]:

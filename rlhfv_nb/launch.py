@@ -223,7 +223,7 @@ def main(argv: Sequence[str] | None = None) -> None:
                           "launch_stage does it); launched processes would all build it at once")
     # A single process (`python -m rlhfv_nb.launch ddpo ...`) computes a missing reference itself; launched
     # processes only read what launch_stage computed before starting them.
-    out = run_stage(cfg, stage, gamma, launched=int(os.environ.get("WORLD_SIZE", "1")) > 1)
+    out = run_stage(cfg, stage, gamma, launched=several)
     if rank == 0:
         print(f"{DONE}{out}", flush=True)
 

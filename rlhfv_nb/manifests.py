@@ -10,7 +10,6 @@ from __future__ import annotations
 import hashlib
 import json
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 from rlhfv_nb.config import Config
@@ -50,17 +49,13 @@ def stage_values(cfg: Config, stage: str) -> dict[str, Any]:
             if any(key == p or key.startswith(p + ".") for p in prefixes)}
 
 
-def manifest_path(cfg: Config, stage: str) -> Path:
-    return cfg.layout.manifest(stage)
-
-
 def _digest(values: dict[str, Any], inputs: dict[str, str | None]) -> str:
     return hashlib.sha256(json.dumps([values, inputs], sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
 def current_inputs(cfg: Config, stage: str) -> dict[str, str | None]:
     """The hash of each input stage's manifest as it is on disk now (None: that stage has not finished)."""
-    return {name: read_json(manifest_path(cfg, name), {}).get("hash") for name in STAGE_INPUTS[stage]}
+    return {name: read_json(cfg.layout.manifest(name), {}).get("hash") for name in STAGE_INPUTS[stage]}
 
 
 def write_manifest(cfg: Config, stage: str, summary: dict[str, Any] | None = None) -> dict[str, Any]:
@@ -68,7 +63,7 @@ def write_manifest(cfg: Config, stage: str, summary: dict[str, Any] | None = Non
     values, inputs = stage_values(cfg, stage), current_inputs(cfg, stage)
     manifest = {"stage": stage, "hash": _digest(values, inputs), "values": values, "inputs": inputs,
                 **(summary or {})}
-    write_json(manifest_path(cfg, stage), manifest)
+    write_json(cfg.layout.manifest(stage), manifest)
     return manifest
 
 
@@ -90,7 +85,7 @@ class StageStatus:
 
 def stage_status(cfg: Config, stage: str) -> StageStatus:
     """Compare `stage`'s manifest with the current config and its input stages' manifests."""
-    found = read_json(manifest_path(cfg, stage), None)
+    found = read_json(cfg.layout.manifest(stage), None)
     if found is None:
         return StageStatus(stage, "missing")
     old, new = found.get("values", {}), stage_values(cfg, stage)

@@ -34,7 +34,7 @@ from typing import Any
 import yaml
 
 from rlhfv_nb.config import Config, FamilyConfig, project_root
-from rlhfv_nb.families import ModelFamily, lora_modules, resolve_family
+from rlhfv_nb.families import ModelFamily, inside, lora_modules, resolve_family
 
 GIB = 1024**3
 BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
@@ -317,11 +317,6 @@ class Plan:
         return [{"item": item, "value": value, "note": note} for item, value, note in rows]
 
 
-def _in_module(name: str, target: str) -> bool:
-    """Whether `name` is, or lies inside, a module whose name ends with `target` (peft's modules_to_save match)."""
-    return re.search(rf"(^|\.){re.escape(target)}(\.|$)", name) is not None
-
-
 def estimate(shape: ModelShape, setup: Setup, gpu_memory_gb: float, peak_tflops: float = 312.0,
              utilisation: float = 0.4) -> Plan:
     """Memory per GPU and compute per step of `setup` on a model of `shape`.
@@ -333,7 +328,7 @@ def estimate(shape: ModelShape, setup: Setup, gpu_memory_gb: float, peak_tflops:
     lora_hits = [m for m in modules if setup.lora_r and m.linear and re.fullmatch(setup.lora_targets, m.name)]
     lora_params = {part: sum(setup.lora_r * (m.fan_in + m.fan_out) for m in lora_hits if m.part == part)
                    for part in PARTS}
-    saved = [m for m in modules if any(_in_module(m.name, target) for target in setup.modules_to_save)]
+    saved = [m for m in modules if any(inside(m.name, target) for target in setup.modules_to_save)]
     skipped = shape.family.quant_skip_modules
     quantized = [m for m in modules if setup.load_in_4bit and m.linear and m.numel
                  and not any(m.name == skip or m.name.startswith(skip + ".") for skip in skipped)]

@@ -81,7 +81,8 @@ def run(
     cfg = load_config(params, **(overrides or {}))
     values = cfg.to_dict()
     layout = cfg.layout
-    all_stages, chosen = stages(), select(stages(), only)
+    all_stages = stages()
+    chosen = select(all_stages, only)
     try:
         for stage in chosen:
             status = stage_status(cfg, stage.name)

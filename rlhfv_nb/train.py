@@ -21,7 +21,7 @@ from transformers.trainer_utils import get_last_checkpoint
 
 from rlhfv_nb.config import DDPOConfig, ModelConfig, TrainConfig
 from rlhfv_nb.ddpo import ddpo_loss, sequence_logps, token_logps
-from rlhfv_nb.families import check_modules_exist, lora_modules, peft_modules_to_save, resolve_family
+from rlhfv_nb.families import lora_modules, peft_modules_to_save, resolve_family
 from rlhfv_nb.features import PairCollator, SFTCollator
 from rlhfv_nb.layout import TrainingFolder
 
@@ -90,13 +90,12 @@ def prepare_for_training(model: PreTrainedModel, cfg: ModelConfig) -> PreTrained
     """
     family = resolve_family(model, cfg.family)
     if cfg.freeze_vision:
-        frozen = [name for name, _ in model.named_parameters() if family.frozen_by_freeze_vision(name)]
+        frozen = [param for name, param in model.named_parameters() if family.frozen_by_freeze_vision(name)]
         if not frozen:
             raise ValueError(f"model.freeze_vision: no parameter lies in this {family.name} model's vision encoder "
                              f"{list(family.vision)} (override with model.family.vision)")
-        for name, param in model.named_parameters():
-            if family.frozen_by_freeze_vision(name):
-                param.requires_grad_(False)
+        for param in frozen:
+            param.requires_grad_(False)
     if cfg.load_in_4bit:
         from peft import prepare_model_for_kbit_training
 
@@ -107,8 +106,7 @@ def prepare_for_training(model: PreTrainedModel, cfg: ModelConfig) -> PreTrained
         from peft import LoraConfig, get_peft_model
 
         targets, saved = lora_modules(family, cfg.lora)
-        check_modules_exist([name for name, _ in model.named_modules()], saved, "model.lora.modules_to_save", family)
-        saved = peft_modules_to_save(model, saved)
+        saved = peft_modules_to_save(model, saved, family)
         lora = LoraConfig(
             r=cfg.lora.r,
             lora_alpha=cfg.lora.alpha,

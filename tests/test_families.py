@@ -7,7 +7,14 @@ import re
 import pytest
 
 from rlhfv_nb.config import FamilyConfig, LoraConfig
-from rlhfv_nb.families import FAMILIES, UnknownModelFamily, lora_modules, model_type_of, resolve_family
+from rlhfv_nb.families import (
+    FAMILIES,
+    UnknownModelFamily,
+    lora_modules,
+    model_type_of,
+    peft_modules_to_save,
+    resolve_family,
+)
 
 
 @pytest.mark.parametrize("model_type", sorted(FAMILIES))
@@ -57,3 +64,21 @@ def test_an_unknown_model_type_is_named_with_the_ways_out():
         resolve_family({"model_type": "llava"}, FamilyConfig(name="llama9"))
     with pytest.raises(UnknownModelFamily, match="no `model_type`"):
         model_type_of({})
+
+
+def test_modules_to_save_are_resolved_to_real_modules_as_peft_matches_them():
+    from torch import nn
+
+    qwen3 = resolve_family({"model_type": "qwen3_vl"})
+    visual = nn.Module()
+    visual.merger, visual.deepstack_merger_list = nn.Linear(2, 2), nn.ModuleList([nn.Linear(2, 2), nn.Linear(2, 2)])
+    inner = nn.Module()
+    inner.visual = visual
+    model = nn.Module()
+    model.model = inner
+    # full paths, a module list expanded into its members (peft wraps no ModuleList), and a short name peft-style
+    assert peft_modules_to_save(model, ["model.visual.merger", "model.visual.deepstack_merger_list"], qwen3) == \
+        ["model.visual.merger", "model.visual.deepstack_merger_list.0", "model.visual.deepstack_merger_list.1"]
+    assert peft_modules_to_save(model, ["merger"], qwen3) == ["model.visual.merger"]
+    with pytest.raises(ValueError, match=r"'multi_modal_projector' matches no module of this qwen3_vl model"):
+        peft_modules_to_save(model, ["multi_modal_projector"], qwen3)
