@@ -93,6 +93,9 @@ class ModelConfig:
     gradient_checkpointing: bool = True
     trust_remote_code: bool = False
     freeze_vision: bool = False  # true: keep the vision encoder (not its projector) fixed; upstream trains all
+    # "pad": pad images to a square of the processor's mean colour (LLaVA-1.5's `image_aspect_ratio pad`);
+    # "native": the processor's own resizing; null: the model family's default (`rlhfv_nb.families`)
+    image_aspect_ratio: str | None = None
 
 
 @dataclass
@@ -108,6 +111,7 @@ class DataConfig:
     max_pairs: int | None = None
     max_length: int = 2048
     on_bad_row: str = "skip"  # skip | error
+    max_image_pixels: int = 25_000_000  # larger images (width x height) are bad rows: a bomb or a wrong file
     split: str = "train"
     show_examples: int = 4
 
@@ -173,6 +177,21 @@ class JudgeConfig:
     base_url: str | None = None
     api_key_env: str = "OPENAI_API_KEY"
     max_concurrency: int = 4
+    repeats: int = 1  # judge every item N times; judged metrics reported as mean and std over the N
+    # Object HalBench object extraction (upstream: gpt-3.5-turbo-0613, retired); null: `model`
+    extraction_model: str | None = "gpt-3.5-turbo"
+    max_consecutive_failures: int = 8  # connection failures in a row before the judge gives up
+
+
+@dataclass
+class ServedConfig:
+    """An OpenAI-compatible vision endpoint (vLLM, SGLang, llama.cpp) that answers for `evaluation.backend: openai`."""
+
+    base_url: str = "http://127.0.0.1:8000/v1"
+    model: str | None = None  # the served model name; null: the one model the server lists
+    api_key_env: str = "RLHFV_NB_SERVER_KEY"  # unset: "EMPTY", as vLLM accepts
+    max_concurrency: int = 8
+    timeout: float = 600.0
 
 
 @dataclass
@@ -187,6 +206,13 @@ class EvalConfig:
     judge: JudgeConfig = field(default_factory=JudgeConfig)
     coco_dir: str | None = None
     limit: int | None = None
+    backend: str = "hf"  # hf: generate in this process | openai: ask `evaluation.server`
+    server: ServedConfig = field(default_factory=ServedConfig)
+    # Object HalBench objects: "auto" (the judge's LLM extraction as upstream when a judge key is set, else
+    # words) | "llm" | "words" (CHAIR word match with WordNet lemmas, judge-free)
+    object_halbench_extraction: str = "auto"
+    pope_source: str = "official"  # official: RUCAIBox/POPE's released COCO files | coco: regenerated from COCO
+    pope_seed: int = 0  # the regenerated POPE's sampling seed (independent of the training seed)
 
 
 @dataclass
@@ -325,6 +351,11 @@ def _validate(cfg: Config) -> Config:
         "model.dtype": (cfg.model.dtype, {"float32", "bfloat16", "float16"}),
         "model.attn_implementation": (cfg.model.attn_implementation, {"sdpa", "eager", "flash_attention_2"}),
         "data.on_bad_row": (cfg.data.on_bad_row, {"skip", "error"}),
+        "model.image_aspect_ratio": (cfg.model.image_aspect_ratio or "pad", {"pad", "native"}),
+        "evaluation.backend": (cfg.evaluation.backend, {"hf", "openai"}),
+        "evaluation.object_halbench_extraction": (cfg.evaluation.object_halbench_extraction,
+                                                  {"auto", "llm", "words"}),
+        "evaluation.pope_source": (cfg.evaluation.pope_source, {"official", "coco"}),
     }
     for key, (value, allowed) in choices.items():
         if value not in allowed:
@@ -335,6 +366,9 @@ def _validate(cfg: Config) -> Config:
         "data.max_length": cfg.data.max_length,
         "sft.batch_size": cfg.sft.batch_size,
         "ddpo.batch_size": cfg.ddpo.batch_size,
+        "data.max_image_pixels": cfg.data.max_image_pixels,
+        "evaluation.judge.repeats": cfg.evaluation.judge.repeats,
+        "evaluation.server.max_concurrency": cfg.evaluation.server.max_concurrency,
     }
     for key, value in positives.items():
         if value <= 0:
