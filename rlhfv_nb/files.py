@@ -9,8 +9,8 @@ from pathlib import Path
 from typing import Any
 
 
-def write_json(path: str | Path, value: Any) -> Path:
-    """Write `value` as JSON through a unique temporary file in the same folder and an atomic rename.
+def write_text(path: str | Path, text: str) -> Path:
+    """Write `text` through a unique temporary file in the same folder and an atomic rename.
 
     Safe from several threads or processes at once: each writer has its own temporary file.
     """
@@ -19,12 +19,17 @@ def write_json(path: str | Path, value: Any) -> Path:
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            json.dump(value, handle, ensure_ascii=False, indent=1, default=str)
+            handle.write(text)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
     return path
+
+
+def write_json(path: str | Path, value: Any) -> Path:
+    """Write `value` as JSON atomically (`write_text`)."""
+    return write_text(path, json.dumps(value, ensure_ascii=False, indent=1, default=str))
 
 
 def read_json(path: str | Path, default: Any = None) -> Any:

@@ -16,28 +16,35 @@ from typing import Any
 
 import datasets
 import torch
-from transformers import PreTrainedModel, ProcessorMixin, Trainer, TrainerCallback, TrainingArguments
+from transformers import PreTrainedModel, ProcessorMixin, Trainer, TrainerCallback, TrainingArguments, set_seed
 from transformers.trainer_utils import get_last_checkpoint
 
 from rlhfv_nb.config import DDPOConfig, ModelConfig, TrainConfig
 from rlhfv_nb.ddpo import ddpo_loss, sequence_logps, token_logps
 from rlhfv_nb.families import lora_modules, peft_modules_to_save, resolve_family
 from rlhfv_nb.features import PairCollator, SFTCollator
+from rlhfv_nb.files import trim_torn_line, write_text
 from rlhfv_nb.layout import TrainingFolder
 
 log = logging.getLogger(__name__)
 
 
 class JsonlLogger(TrainerCallback):
-    """Appends every Trainer log record (loss, rewards, lr, step) to a JSONL file as it happens."""
+    """Appends every Trainer log record (loss, rewards, lr, step) to a JSONL file as it happens.
+
+    One record per logged step: a fresh run starts the file empty, and a resumed run drops what a killed
+    attempt logged after the checkpoint it resumes from (those steps are trained and logged again).
+    """
 
     def __init__(self, path: Path):
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
 
     def on_train_begin(self, args, state, control, **kwargs):
-        if state.is_world_process_zero and state.global_step == 0:
-            self.path.write_text("")  # a fresh run, not a resume: drop records of an earlier attempt
+        if state.is_world_process_zero:
+            trim_torn_line(self.path)
+            kept = [r for r in read_log(self.path) if r["step"] <= state.global_step] if state.global_step else []
+            write_text(self.path, "".join(json.dumps(r) + "\n" for r in kept))
 
     def on_log(self, args, state, control, logs=None, **kwargs):
         if state.is_world_process_zero and logs:
@@ -119,6 +126,26 @@ def prepare_for_training(model: PreTrainedModel, cfg: ModelConfig) -> PreTrained
     return model
 
 
+class ResumableTrainer(Trainer):
+    """`Trainer` whose resume restores the checkpoint's weights whatever the model's key naming.
+
+    transformers 5 saves a model under its original checkpoint's key names (e.g. LLaVA's `language_model.model.*`)
+    while the loaded model names them differently (`model.language_model.*`); `Trainer` resumes full checkpoints
+    with a non-strict `load_state_dict`, which then loads nothing and trains on from the start weights. Here the
+    checkpoint is read back through `from_pretrained` (which knows the naming) and loaded strictly.
+    Adapters (peft), DeepSpeed and FSDP checkpoints keep Trainer's own loading.
+    """
+
+    def _load_from_checkpoint(self, resume_from_checkpoint: str, model: torch.nn.Module | None = None) -> None:
+        model = model if model is not None else self.model
+        if not isinstance(model, PreTrainedModel) or self.is_fsdp_enabled:
+            super()._load_from_checkpoint(resume_from_checkpoint, model)
+            return
+        saved = type(model).from_pretrained(resume_from_checkpoint, dtype=model.dtype)
+        model.load_state_dict(saved.state_dict(), strict=True)
+        del saved
+
+
 def _run(trainer: Trainer, output_dir: Path, processor: ProcessorMixin) -> Path:
     """Train (resuming from the last checkpoint if any), then save model and processor to `output_dir/final`."""
     checkpoints = Path(trainer.args.output_dir)
@@ -136,7 +163,11 @@ def _run(trainer: Trainer, output_dir: Path, processor: ProcessorMixin) -> Path:
 def make_trainer(trainer_cls: type[Trainer], model: PreTrainedModel, rows: datasets.Dataset, collator: Any,
                  cfg: TrainConfig, model_cfg: ModelConfig, output_dir: Path, seed: int,
                  callbacks: Sequence[TrainerCallback] = (), **extra: Any) -> Trainer:
-    """A `trainer_cls` over the prepared model (checkpointing, k-bit, LoRA), logging to `output_dir/log.jsonl`."""
+    """A `trainer_cls` over the prepared model (checkpointing, k-bit, LoRA), logging to `output_dir/log.jsonl`.
+
+    The seed is set before the LoRA adapters are made, so their random start is the same in every run.
+    """
+    set_seed(seed)
     return trainer_cls(
         model=prepare_for_training(model, model_cfg),
         args=training_arguments(cfg, output_dir, seed),
@@ -152,11 +183,11 @@ def train_sft(
     model_cfg: ModelConfig, output_dir: Path, seed: int,
 ) -> Path:
     """Supervised fine-tuning on rows with `image`, `question`, `answer_ids`. Returns the saved model folder."""
-    trainer = make_trainer(Trainer, model, rows, SFTCollator(processor), cfg, model_cfg, output_dir, seed)
+    trainer = make_trainer(ResumableTrainer, model, rows, SFTCollator(processor), cfg, model_cfg, output_dir, seed)
     return _run(trainer, output_dir, processor)
 
 
-class DDPOTrainer(Trainer):
+class DDPOTrainer(ResumableTrainer):
     """`Trainer` whose loss is DDPO over precomputed reference log-probs (see `rlhfv_nb.ddpo`)."""
 
     def __init__(self, *args: Any, ddpo: DDPOConfig, **kwargs: Any):
