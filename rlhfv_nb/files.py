@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import tempfile
@@ -53,7 +54,11 @@ def trim_torn_line(path: str | Path) -> None:
 
 
 def read_jsonl_by(path: str | Path, key: str) -> dict[str, dict[str, Any]]:
-    """Records of an append-only JSONL file by `record[key]` (later wins); a torn last line is ignored."""
+    """Records of an append-only JSONL file by `record[key]` (later wins).
+
+    A torn last line, and any line that is not a JSON object with a string `key`, are ignored: what a cache
+    holds there is computed again rather than trusted.
+    """
     records: dict[str, dict[str, Any]] = {}
     path = Path(path)
     if not path.exists():
@@ -64,5 +69,29 @@ def read_jsonl_by(path: str | Path, key: str) -> dict[str, dict[str, Any]]:
                 record = json.loads(line)
             except json.JSONDecodeError:
                 continue
-            records[record[key]] = record
+            if isinstance(record, dict) and isinstance(record.get(key), str):
+                records[record[key]] = record
     return records
+
+
+def file_sha256(path: Path) -> str:
+    """SHA-256 of a file's bytes, memoised under `cache_root()/file-hashes` by path, size and change times.
+
+    Any write to the file changes its ctime (which no user tool can set back), so a memo is never stale.
+    """
+    stat = path.stat()
+    identity = f"{path.resolve()}|{stat.st_size}|{stat.st_mtime_ns}|{stat.st_ctime_ns}|{stat.st_ino}"
+    memo = cache_root() / "file-hashes" / f"{hashlib.sha256(identity.encode()).hexdigest()[:32]}.txt"
+    if memo.is_file():
+        return memo.read_text().strip()
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        while chunk := handle.read(1 << 24):
+            digest.update(chunk)
+    write_text(memo, digest.hexdigest())
+    return digest.hexdigest()
+
+
+def cache_root() -> Path:
+    """The machine-wide cache of downloads and memos: `$RLHFV_NB_CACHE`, else `~/.cache/rlhfv_nb`."""
+    return Path(os.environ.get("RLHFV_NB_CACHE", Path.home() / ".cache" / "rlhfv_nb"))

@@ -64,7 +64,7 @@ def ddpo_inputs(cfg: Config, compute_missing: bool) -> tuple[list[dict[str, Any]
 
     processor = load_processor(pipeline.sft_model_path(cfg), cfg.model)
     rows, _, cache = pipeline.prepared_pairs(cfg, processor)
-    missing = len({row["uid"] for row in rows} - read_cache(cache).keys())
+    missing = len({row["uid"] for row in rows} - read_cache(cache, rows).keys())
     if missing and not compute_missing:
         raise LaunchError(f"{missing} of {len(rows)} pairs have no reference log-probs in {cache}; compute them "
                           "once before launching (pipeline.compute_reference, or launch_stage does it)")

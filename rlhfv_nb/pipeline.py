@@ -329,6 +329,10 @@ def compute_reference(cfg: Config, rows: list[dict[str, Any]], processor=None, c
 def ddpo_dataset(rows: list[dict[str, Any]], reference: dict[str, dict[str, list[float]]], gamma: float,
                  min_match: int) -> datasets.Dataset:
     """Training rows: ids, dense weights for `gamma`, and the cached reference log-probs."""
+    missing = [row["uid"] for row in rows if row["uid"] not in reference]
+    if missing:
+        raise ValueError(f"no valid reference log-probs for {len(missing)} pair(s) (e.g. {missing[:3]}): "
+                         "run compute_reference first (it recomputes missing or corrupt cache lines)")
     out = []
     for row in rows:
         chosen_w, rejected_w = diff_token_weights(row["chosen_ids"], row["rejected_ids"], gamma, min_match)
@@ -362,6 +366,6 @@ def run_ddpo(cfg: Config, rows: list[dict[str, Any]], cache: Path, gamma: float)
     path = sft_model_path(cfg)
     processor = load_processor(path, cfg.model)
     model = load_model(path, cfg.model)
-    pairs = ddpo_dataset(rows, read_cache(cache), gamma, cfg.ddpo.min_match)
+    pairs = ddpo_dataset(rows, read_cache(cache, rows), gamma, cfg.ddpo.min_match)
     return train_ddpo(model, processor, pairs, cfg.ddpo, cfg.model, cfg.layout.ddpo(gamma).root, cfg.seed)
 

@@ -121,3 +121,62 @@ def test_cache_path_changes_with_model_weights_and_data(tiny, tmp_path):
     assert data_fingerprint(swapped) != data_fingerprint(rows)
     # a hub id is keyed by its name
     assert model_fingerprint("org/model-a") != model_fingerprint("org/model-b")
+
+
+def test_corrupt_cache_lines_are_recomputed_not_trusted(tiny, tmp_path):
+    import json
+
+    _, model, processor, rows = tiny
+    path = tmp_path / "ref.jsonl"
+    full = reference_logps(model, processor, rows, path, batch_size=6, progress=False)
+    lines = _lines(path)
+    altered = json.loads(lines[2])
+    altered["chosen"][0] += 0.5  # a number changed on disk: the line's checksum no longer holds
+    short = json.loads(lines[3])
+    short["chosen"] = short["chosen"][:-1]  # another pair's (shorter) values under this uid
+    from rlhfv_nb.logps import entry_checksum
+
+    short["check"] = entry_checksum(short["uid"], short["chosen"], short["rejected"])  # even with a good checksum
+    corrupt = [json.dumps([1, 2]), json.dumps({"chosen": [-1.0]}), json.dumps(altered), json.dumps(short),
+               lines[4].replace('"uid"', '"uuid"')]
+    path.write_text("\n".join([lines[0], lines[1], *corrupt, lines[5]]) + "\n")
+    assert set(read_cache(path, rows)) == {rows[i]["uid"] for i in (0, 1, 5)}
+    with ForwardRows(model) as resumed:
+        again = reference_logps(model, processor, rows, path, batch_size=6, progress=False)
+    assert resumed.rows == 2 * 3  # rows 2, 3 and 4 are computed again
+    for row in rows:
+        assert again[row["uid"]]["chosen"] == pytest.approx(full[row["uid"]]["chosen"], abs=1e-6)
+    assert set(read_cache(path, rows)) == {r["uid"] for r in rows}
+
+
+def test_fingerprint_covers_every_weight_byte_and_the_chat_template(tiny, tmp_path):
+    from safetensors import safe_open
+
+    base = tiny[0].run_path / "base"
+    copy = tmp_path / "copy"
+    shutil.copytree(base, copy)
+    key = model_fingerprint(copy)
+    assert key == model_fingerprint(base)
+    weights = copy / "model.safetensors"
+    # one tensor in the middle of the file scaled in place: same size, first and last MiB untouched
+    with safe_open(str(weights), "pt") as handle:
+        names = sorted(handle.keys())
+    header = int.from_bytes(weights.read_bytes()[:8], "little")
+    import json
+
+    meta = json.loads(weights.read_bytes()[8 : 8 + header])
+    name = sorted(names, key=lambda n: meta[n]["data_offsets"][0])[len(names) // 2]
+    start, end = (8 + header + o for o in meta[name]["data_offsets"])
+    tensor = torch.frombuffer(bytearray(weights.read_bytes()[start:end]), dtype=torch.float32) * 1.5
+    with weights.open("r+b") as handle:
+        handle.seek(start)
+        handle.write(tensor.numpy().tobytes())
+    assert weights.stat().st_size == (base / "model.safetensors").stat().st_size
+    scaled = model_fingerprint(copy)
+    assert scaled != key
+    template = copy / "chat_template.jinja"
+    template.write_text(template.read_text() + " ") if template.exists() else template.write_text("{{ x }}")
+    edited = model_fingerprint(copy)
+    assert edited not in (key, scaled)
+    (copy / "README.md").write_text("notes")  # documentation does not change what the model computes
+    assert model_fingerprint(copy) == edited

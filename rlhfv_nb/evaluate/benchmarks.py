@@ -12,6 +12,8 @@ import zipfile
 from collections.abc import Iterable
 from pathlib import Path
 
+from rlhfv_nb.files import cache_root as default_cache_dir
+
 COCO_ANNOTATIONS_URL = "http://images.cocodataset.org/annotations/annotations_trainval2014.zip"
 COCO_VAL2014_IMAGE_URL = "http://images.cocodataset.org/val2014/COCO_val2014_{image_id:012d}.jpg"
 COCO_FILES = ("instances_val2014.json", "captions_val2014.json")
@@ -31,11 +33,6 @@ LLAVA_BENCH_FILES = {
     "references": ("qa90_gpt4_answer.jsonl", 90, ("question_id", "text")),
     "contexts": ("caps_boxes_coco2014_val_80.jsonl", 80, ("image", "captions", "instances")),
 }
-
-
-def default_cache_dir() -> Path:
-    """`$RLHFV_NB_CACHE`, else `~/.cache/rlhfv_nb`."""
-    return Path(os.environ.get("RLHFV_NB_CACHE", Path.home() / ".cache" / "rlhfv_nb"))
 
 
 def _cache(cache_dir: str | Path | None) -> Path:
