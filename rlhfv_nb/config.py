@@ -390,9 +390,23 @@ def _validate(cfg: Config) -> Config:
     return cfg
 
 
+FILE_SUFFIXES = (".parquet", ".pq", ".arrow", ".json", ".jsonl", ".csv", ".tsv", ".txt", ".yaml", ".yml",
+                 ".zip", ".gz", ".tar", ".tgz", ".bz2", ".xz", ".zst")
+
+
 def looks_like_local_path(value: str) -> bool:
-    """True for values that name a file rather than a hub id (`./x`, `/x`, `~/x`, `x.parquet`)."""
-    return value.startswith(("/", "./", "../", "~")) or value.endswith((".parquet", ".json", ".jsonl", ".yaml"))
+    """True for values that can only name a local file or folder, never a hub id (`./x`, `/x`, `~/x`, `x.parquet`,
+    `a/b/c`, `data/x` where `data/` exists here)."""
+    from huggingface_hub.utils import HFValidationError, validate_repo_id
+
+    if value.startswith(("/", ".", "~")) or "\\" in value or Path(value).suffix.lower() in FILE_SUFFIXES:
+        return True
+    try:
+        validate_repo_id(value)
+    except HFValidationError:
+        return True
+    head = value.split("/")[0]
+    return "/" in value and (Path(head).expanduser().exists() or (project_root() / head).exists())
 
 
 def load_config(source: str | Path | dict[str, Any] | None = None, **overrides: Any) -> Config:

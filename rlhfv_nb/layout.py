@@ -8,7 +8,7 @@
     ddpo/gammaG/   stage 03: log.jsonl, checkpoints/, final/
     eval/          stage 04: one folder per model, judge_cache/
     stages/        one manifest per finished stage (rlhfv_nb.manifests)
-    notebooks/, logs/, launch/, params.yaml, metrics.json
+    notebooks/, logs/, launch/, params.yaml, metrics.json, runner.lock
 """
 
 from __future__ import annotations
@@ -161,4 +161,9 @@ class RunLayout:
     @property
     def params(self) -> Path:
         return self.root / "params.yaml"
+
+    @property
+    def lock(self) -> Path:
+        """Held by the one runner working on this folder (`rlhfv_nb.lock`)."""
+        return self.root / "runner.lock"
 

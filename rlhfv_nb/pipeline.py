@@ -96,12 +96,12 @@ def prepare_data(cfg: Config) -> dict[str, Any]:
         layout.world_synonyms.write_text(world.synonyms_text(wcfg))
     else:
         sft_rows, bad = normalise_sft(load_raw(cfg.data.sft_source, cfg.data.split), cfg.data.sft_source,
-                                      cfg.data.on_bad_row)
+                                      cfg.data.on_bad_row, cfg.data.max_image_pixels)
         reports.append(bad)
     write_parquet(sft_rows, layout.sft_rows)
     if cfg.data.preferences != "feedback":
         pairs, bad = normalise_preferences(load_raw(cfg.data.preferences, cfg.data.split), cfg.data.preferences,
-                                           cfg.data.on_bad_row)
+                                           cfg.data.on_bad_row, cfg.data.max_image_pixels)
         reports.append(bad)
         if cfg.data.max_pairs:
             pairs = pairs[: cfg.data.max_pairs]
@@ -227,7 +227,8 @@ def collect_feedback(cfg: Config, model=None, processor=None) -> dict[str, Any]:
     if not pairs:
         raise DataError("feedback: the SFT model made no mistakes to correct; no preference pairs")
     write_parquet(rlhfv_records(pairs, "synthetic-world"), layout.feedback_records)
-    normalised, bad = normalise_preferences(load_raw(str(layout.feedback_records)), "feedback", cfg.data.on_bad_row)
+    normalised, bad = normalise_preferences(load_raw(str(layout.feedback_records)), "feedback", cfg.data.on_bad_row,
+                                            cfg.data.max_image_pixels)
     write_parquet(normalised, layout.feedback_preferences)
     stats = {"answers": len(answers), "corrected": len(pairs), "already_correct": unchanged,
              "correction_rate": len(pairs) / len(answers), "corrected_by_type": dict(corrected_by_type),
@@ -247,7 +248,11 @@ def tokenise_pairs(cfg: Config, processor, path: Path | None = None) -> tuple[li
     reported and skipped."""
     bad = BadRows("preferences.parquet")
     rows = []
-    ds = read_parquet(path or preferences_path(cfg))
+    path = path or preferences_path(cfg)
+    ds = read_parquet(path)
+    if len(set(ds["uid"])) != len(ds):
+        raise DataError(f"{path}: pair ids (uid) repeat, so pairs would share reference log-probs; this file was "
+                        "written before uids were made unique: run stage 01 (or 02 for collected feedback) again")
     prompt_lengths: dict[str, int] = {}
     for index, row in enumerate(ds):
         image = row["image"]["bytes"]

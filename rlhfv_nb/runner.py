@@ -14,9 +14,11 @@ import papermill
 import yaml
 from papermill.exceptions import PapermillExecutionError
 
-from rlhfv_nb.config import load_config, project_root
+from rlhfv_nb.config import Config, load_config, project_root
+from rlhfv_nb.files import write_text
 from rlhfv_nb.launch import parse_overrides
 from rlhfv_nb.layout import RunLayout
+from rlhfv_nb.lock import RunFolderBusy, exclusive
 from rlhfv_nb.manifests import stage_status
 
 
@@ -77,12 +79,21 @@ def run(
     values or inputs changed is re-run, naming what changed. A failing notebook raises `StageFailed` naming
     the stage, cell and error; the stages before it keep their artifacts and their executed notebooks.
     `<run>/params.yaml` holds the values and, per stage, whether its outputs were made with them.
+    One runner at a time per run folder: a second one raises `RunFolderBusy` naming the holder.
     """
     cfg = load_config(params, **(overrides or {}))
-    values = cfg.to_dict()
-    layout = cfg.layout
     all_stages = stages()
     chosen = select(all_stages, only)
+    with exclusive(cfg.layout.lock, f"run folder {cfg.run_dir}"):
+        _run_stages(cfg, params, all_stages, chosen, force, kernel, progress)
+    return cfg.layout.root
+
+
+def _run_stages(cfg: Config, params: str | Path, all_stages: list[Stage], chosen: list[Stage], force: bool,
+                kernel: str | None, progress: bool) -> None:
+    """The body of `run`, under the run folder's lock."""
+    values = cfg.to_dict()
+    layout = cfg.layout
     try:
         for stage in chosen:
             status = stage_status(cfg, stage.name)
@@ -99,8 +110,7 @@ def run(
             print(f"[stale] made with other values or inputs than these: {', '.join(stale)}", flush=True)
         params_yaml = {"source": str(params), "stages": report, **values}
         layout.params.parent.mkdir(parents=True, exist_ok=True)
-        layout.params.write_text(yaml.safe_dump(params_yaml, sort_keys=False))
-    return layout.root
+        write_text(layout.params, yaml.safe_dump(params_yaml, sort_keys=False))
 
 
 def _execute(stage: Stage, layout: RunLayout, values: dict[str, Any], kernel: str | None, progress: bool) -> None:
@@ -147,5 +157,8 @@ def main_run(args: Any) -> int:
     except StageFailed as err:
         print(f"\n[fail] {err}", file=sys.stderr)
         return 1
+    except RunFolderBusy as err:
+        print(f"rlhfv-nb: {err}", file=sys.stderr)
+        return 3
     print(f"run folder: {run_path}")
     return 0
