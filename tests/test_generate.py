@@ -1,4 +1,5 @@
-"""Answer generation: batched (left-padded) equals one by one, resumable, and one settings per answer file."""
+"""Answer generation: batched (left-padded) equals one by one, resumable, and one settings per answer file;
+the in-process backend behind `open_backend`."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ from tiny_run import CPU_TINY, SHAPE, make_run
 
 from rlhfv_nb.config import load_config
 from rlhfv_nb.data import encode_image
-from rlhfv_nb.generate import GenerationSettings, generate_answers, read_answers
+from rlhfv_nb.generate import GenerationSettings, HFBackend, generate_answers, open_backend, read_answers
 from rlhfv_nb.modeling import load_model, load_processor
 
 QUESTIONS = ["Describe the image.", "What colour is the ball in the middle of the picture?", "Tent?",
@@ -18,8 +19,13 @@ GREEDY = GenerationSettings(max_new_tokens=8)
 
 
 @pytest.fixture(scope="module")
-def tiny(tmp_path_factory):
-    cfg = load_config(CPU_TINY, **make_run(tmp_path_factory.mktemp("gen") / "run", pairs=4, seed=1))
+def tiny_cfg(tmp_path_factory):
+    return load_config(CPU_TINY, **make_run(tmp_path_factory.mktemp("gen") / "run", pairs=4, seed=1))
+
+
+@pytest.fixture(scope="module")
+def tiny(tiny_cfg):
+    cfg = tiny_cfg
     processor = load_processor(cfg.run_path / "base", cfg.model)
     model = load_model(cfg.run_path / "base", cfg.model)
     side = SHAPE.image_size
@@ -109,3 +115,18 @@ def test_resumed_sampling_draws_what_an_uninterrupted_run_draws(tiny, tmp_path):
     resumed = generate_answers(model, processor, items, sampling, tmp_path / "b.jsonl", batch_size=2, progress=False)
     assert resumed == whole
     torch.manual_seed(0)  # leave global RNG state predictable for later tests
+
+
+def test_open_backend_generates_in_process_into_the_same_answers_file(tiny, tiny_cfg, tmp_path):
+    model, processor, items = tiny
+    path = tmp_path / f"answers-{GREEDY.key}.jsonl"
+    expected = generate_answers(model, processor, items, GREEDY, batch_size=5, progress=False)
+    assert tiny_cfg.evaluation.backend == "hf"
+    with open_backend(tiny_cfg, tiny_cfg.run_path / "base") as backend:
+        assert isinstance(backend, HFBackend) and backend.key(GREEDY) == GREEDY.key
+        assert backend.answer(items[:2], GREEDY, path, progress=False) == expected[:2]
+        assert backend.answer(items, GREEDY, path, progress=False) == expected  # resumed
+    assert backend.model is None  # freed on close
+    with pytest.raises(RuntimeError, match="closed"):
+        backend.answer(items, GREEDY, path, progress=False)
+    assert list(read_answers(path)) == [i["id"] for i in items]
