@@ -3,6 +3,12 @@
 Assistant 1 is the reference, assistant 2 the model (as upstream). Relative score per category and
 overall = 100 * mean(model score) / mean(reference score). Reviews whose first line does not hold
 two scores (after one nudged retry) are reported in `failed` and left out.
+
+The judge runs at temperature 0.2 with upstream's system prompt, as upstream (LLaVA's
+llava/eval/eval_gpt_review_bench.py and RLHF-V's eval/gpt4_grpc.py `get_eval`: `temperature=0.2`).
+With `repeats` N > 1 every question is reviewed N times: each category's `relative` is the mean of
+the N runs' relative scores, `relative_std` their sample std (None for one run), and `runs` holds
+each run's own summary.
 """
 
 from __future__ import annotations
@@ -13,9 +19,10 @@ from functools import cache
 from importlib import resources
 from statistics import mean
 
-from rlhfv_nb.evaluate.judge import JudgeClient
+from rlhfv_nb.evaluate.judge import JudgeClient, Judged, mean_std
 
 CATEGORIES = ("conv", "detail", "complex")
+TEMPERATURE = 0.2  # upstream eval_gpt_review_bench.py
 SYSTEM_PROMPT = "You are a helpful and precise assistant for checking the quality of the answer."
 SCORES_NUDGE = (
     "Your first line must contain only the two scores, for Assistant 1 and Assistant 2, "
@@ -74,18 +81,45 @@ def summarize(categories: Sequence[str], scores: Sequence[tuple[float, float] | 
     return out
 
 
+def summarize_runs(categories: Sequence[str], runs: Sequence[Sequence[tuple[float, float] | None]]) -> dict:
+    """`summarize` over N repeated review runs (one list of score pairs per run, in question order).
+
+    Per category and `all`: `reference`, `model` and `relative` are means over the runs (a run with no
+    scores in a category is left out), `relative_std` the sample std of the relative scores (None with
+    one run), `n` the fewest reviews any run scored. `failed`: questions some run could not score;
+    `runs`: every run's own `summarize`.
+    """
+    if not runs:
+        raise ValueError("no judge runs to summarise")
+    per_run = [summarize(categories, scores) for scores in runs]
+    out: dict = {}
+    for name in (key for key in per_run[0] if key != "failed"):
+        cells = [s[name] for s in per_run]
+        relative, relative_std = mean_std([c["relative"] for c in cells])
+        out[name] = {"reference": mean_std([c["reference"] for c in cells])[0],
+                     "model": mean_std([c["model"] for c in cells])[0],
+                     "relative": relative, "relative_std": relative_std, "n": min(c["n"] for c in cells)}
+    failed = sorted(set().union(*(s["failed"] for s in per_run)))
+    out.update(failed=failed, n_failed=len(failed), n_items=len(categories), repeats=len(per_run), runs=per_run)
+    return out
+
+
 def evaluate_llava_bench(
     questions: Sequence[dict],
     references: Sequence[dict],
     contexts: Sequence[dict],
     answers: Mapping[int, str],
     judge: JudgeClient,
+    repeats: int = 1,
+    temperature: float | None = TEMPERATURE,
 ) -> dict:
-    """Review each question's model answer (`answers[question_id]`) against the reference answer.
+    """Review each question's model answer (`answers[question_id]`) against the reference, `repeats` times.
 
     `questions`/`references`/`contexts` are the qa90 files' rows (see `benchmarks.fetch_llava_bench`).
-    Upstream judged at temperature 0.2 (set it on the client). Returns `{"summary": ..., "reviews": [...]}`;
-    the summary carries the judge usage.
+    `temperature`: upstream's 0.2 (None: the client's). Returns `{"summary": ..., "reviews": [...]}`;
+    each review carries the mean score pair over the runs, the first error and every run's judgment;
+    the summary (`summarize_runs`) also counts failed judgments (`n_failed_judgments`, of which
+    `n_unparsed` had replies that never parsed) and carries the judge usage.
     """
     rules = load_rules()
     by_image = {c["image"]: c for c in contexts}
@@ -101,13 +135,30 @@ def evaluate_llava_bench(
             raise ValueError(f"{where}: field 'category' = {q['category']!r} has no rule in rule.json")
         qid = q["question_id"]
         content = review_prompt(by_image[q["image"]], q, ref_by_id[qid], answers[qid], rules[q["category"]])
-        prompts.append([{"role": "system", "content": SYSTEM_PROMPT}, {"role": "user", "content": content}])
-    judged = judge.ask_many(prompts, parse_scores, SCORES_NUDGE)
+        prompts.append([{"role": "user", "content": content}])
+    runs = judge.ask_runs(prompts, parse_scores, SCORES_NUDGE, repeats, temperature=temperature,
+                          system=SYSTEM_PROMPT)
     reviews = [
-        {"question_id": q["question_id"], "category": q["category"], "scores": j.value,
-         "judge_model": j.model, "judge_replies": list(j.replies), "error": j.error}
-        for q, j in zip(questions, judged, strict=True)
+        {"question_id": q["question_id"], "category": q["category"], **_review_outcome([run[i] for run in runs])}
+        for i, q in enumerate(questions)
     ]
-    summary = summarize([q["category"] for q in questions], [j.value for j in judged])
+    summary = summarize_runs([q["category"] for q in questions], [[j.value for j in run] for run in runs])
+    judgments = [j for run in runs for j in run]
+    summary["n_failed_judgments"] = sum(not j.ok for j in judgments)
+    summary["n_unparsed"] = sum(j.unparsed for j in judgments)
     summary["judge"] = judge.usage()
     return {"summary": summary, "reviews": reviews}
+
+
+def _review_outcome(judged: Sequence[Judged[tuple[float, float]]]) -> dict:
+    """One question's reviews over the runs: mean score pair, first error, every judgment."""
+    pairs = [j.value for j in judged if j.value is not None]
+    scores = (mean(p[0] for p in pairs), mean(p[1] for p in pairs)) if pairs else None
+    errors = [j.error if len(judged) == 1 else f"repeat {r}: {j.error}" for r, j in enumerate(judged) if j.error]
+    return {
+        "scores": scores,
+        "judge_model": judged[0].model,
+        "error": errors[0] if errors else None,
+        "judgments": [{"repeat": r, "scores": j.value, "judge_model": j.model, "judge_replies": list(j.replies),
+                       "error": j.error} for r, j in enumerate(judged)],
+    }

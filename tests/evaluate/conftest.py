@@ -5,10 +5,13 @@ from __future__ import annotations
 import functools
 import hashlib
 import json
+import socket
+import struct
 import threading
 import time
 from collections import deque
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
@@ -21,36 +24,59 @@ API_KEY = "sk-test-SECRET-KEY-never-stored-1234"
 JUDGE_MODEL = "judge-test"
 
 
+@dataclass(frozen=True)
+class Raw:
+    """A scripted HTTP 200 reply with this body as is (not a chat completion)."""
+
+    body: bytes
+    content_type: str = "application/json"
+
+
+@dataclass(frozen=True)
+class Drop:
+    """A scripted connection drop: read the request, wait `after_s`, close the socket with a reset, no reply."""
+
+    after_s: float = 0.0
+
+
+RESET = Drop()
+Step = int | str | Raw | Drop
+
+
 class FakeOpenAI:
-    """Serves /v1/chat/completions. Scripted replies (HTTP status int or content str) are used first,
-    then `responder(last user message) -> content`. Records every request."""
+    """Serves /v1/chat/completions. Scripted steps are used first, then `responder(last user message)`.
+
+    A step (scripted, or returned by the responder) is an HTTP status (int: an error reply), a content
+    string (a chat completion), `Raw` (a 200 with that body) or `Drop` (no reply, connection reset).
+    Records every request."""
 
     def __init__(self) -> None:
-        self.script: deque[int | str] = deque()
-        self.responder: Callable[[str], str] = lambda prompt: "ok"
+        self.script: deque[Step] = deque()
+        self.responder: Callable[[str], Step] = lambda prompt: "ok"
         self.requests: list[dict] = []
         self.auth_headers: list[str] = []
         self.delay_s = 0.0
         self.in_flight = 0
         self.max_in_flight = 0
         self.lock = threading.Lock()
+        self.closing = threading.Event()  # set at teardown: wakes `Drop` waits
         self.url = ""
 
-    def reply(self, body: dict) -> tuple[int, dict]:
+    def step(self, body: dict) -> Step:
         with self.lock:
             step = self.script.popleft() if self.script else None
-        if isinstance(step, int):
-            return step, {"error": {"message": f"scripted {step}", "type": "test", "code": None}}
-        content = step if step is not None else self.responder(body["messages"][-1]["content"])
-        return 200, {
-            "id": "chatcmpl-test",
-            "object": "chat.completion",
-            "created": 0,
-            "model": JUDGE_MODEL,
-            "choices": [{"index": 0, "message": {"role": "assistant", "content": content},
-                         "finish_reason": "stop"}],
-            "usage": {"prompt_tokens": 10, "completion_tokens": 5, "total_tokens": 15},
-        }
+        return step if step is not None else self.responder(body["messages"][-1]["content"])
+
+
+def completion(content: str) -> dict:
+    return {
+        "id": "chatcmpl-test",
+        "object": "chat.completion",
+        "created": 0,
+        "model": JUDGE_MODEL,
+        "choices": [{"index": 0, "message": {"role": "assistant", "content": content}, "finish_reason": "stop"}],
+        "usage": {"prompt_tokens": 10, "completion_tokens": 5, "total_tokens": 15},
+    }
 
 
 def _handler(fake: FakeOpenAI) -> type[BaseHTTPRequestHandler]:
@@ -65,13 +91,26 @@ def _handler(fake: FakeOpenAI) -> type[BaseHTTPRequestHandler]:
                 fake.auth_headers.append(self.headers.get("Authorization", ""))
                 fake.in_flight += 1
                 fake.max_in_flight = max(fake.max_in_flight, fake.in_flight)
-            time.sleep(fake.delay_s)
-            status, payload = fake.reply(body)
-            with fake.lock:
-                fake.in_flight -= 1
-            data = json.dumps(payload).encode()
+            try:
+                time.sleep(fake.delay_s)
+                step = fake.step(body)
+            finally:
+                with fake.lock:
+                    fake.in_flight -= 1
+            if isinstance(step, Drop):
+                fake.closing.wait(step.after_s)
+                self.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+                self.close_connection = True
+                return
+            status, content_type = (200, step.content_type) if isinstance(step, Raw) else (step, "application/json")
+            if isinstance(step, Raw):
+                data = step.body
+            elif isinstance(step, int):
+                data = json.dumps({"error": {"message": f"scripted {step}", "type": "test", "code": None}}).encode()
+            else:
+                status, data = 200, json.dumps(completion(step)).encode()
             self.send_response(status)
-            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Type", content_type)
             self.send_header("Content-Length", str(len(data)))
             if status == 429:
                 self.send_header("Retry-After", "0")
@@ -105,6 +144,7 @@ def openai_server(monkeypatch: pytest.MonkeyPatch) -> Iterator[FakeOpenAI]:
     for url in _serve(_handler(fake)):
         fake.url = url + "/v1"
         yield fake
+        fake.closing.set()
 
 
 @pytest.fixture
