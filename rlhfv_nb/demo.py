@@ -25,6 +25,7 @@ from rlhfv_nb.data import DataError, decode_image
 from rlhfv_nb.display import answers_html
 from rlhfv_nb.evaluate.chair import ChairVocabulary, extract_mentions
 from rlhfv_nb.generate import GenerationSettings
+from rlhfv_nb.portable import portable
 from rlhfv_nb.world import Scene
 
 HALLUCINATED, PRESENT, UNJUDGED = "hallucinated", "in the image", "object (not judged)"
@@ -143,7 +144,7 @@ def world_examples(cfg: Config, folder: Path, count: int = 4) -> list[Example]:
 class Demo:
     """The models, vocabularies and examples behind the app; `blocks()` builds it, `launch()` serves it."""
 
-    paths: dict[str, str]  # model name -> folder or hub id
+    paths: dict[str, str]  # model name -> folder (portable: relative to the run folder or project) or hub id
     answerers: dict[str, Answerer]
     vocabularies: dict[str, ChairVocabulary]
     cfg: DemoConfig
@@ -162,7 +163,8 @@ class Demo:
         settings = GenerationSettings(max_new_tokens=cfg.demo.max_new_tokens,
                                       repetition_penalty=cfg.evaluation.repetition_penalty, seed=cfg.seed)
         examples = world_examples(cfg, Path(tempfile.mkdtemp(prefix="rlhfv-demo-")))
-        return cls(paths, load_answerers(paths, cfg.model), vocabularies, cfg.demo, settings, examples)
+        return cls(portable(paths, cfg.run_path), load_answerers(paths, cfg.model), vocabularies, cfg.demo, settings,
+                   examples)
 
     def _inputs(self, image: Any, question: str, objects: str, vocabulary: str
                 ) -> tuple[Image.Image, str, ChairVocabulary, set[str] | None]:

@@ -14,6 +14,7 @@ from typing import Any
 
 from rlhfv_nb.config import Config
 from rlhfv_nb.files import read_json, write_json
+from rlhfv_nb.portable import portable
 
 # The config keys (dotted prefixes) each stage's outputs depend on, and the stages whose outputs it reads.
 STAGE_KEYS: dict[str, tuple[str, ...]] = {
@@ -42,8 +43,8 @@ def _flatten(values: dict[str, Any], prefix: str = "") -> dict[str, Any]:
 
 
 def stage_values(cfg: Config, stage: str) -> dict[str, Any]:
-    """The dotted config values `stage` depends on."""
-    flat = _flatten(cfg.to_dict())
+    """The dotted config values `stage` depends on (paths made portable: a moved run folder stays done)."""
+    flat = _flatten(portable(cfg.to_dict(), cfg.run_path))
     prefixes = STAGE_KEYS[stage]
     return {key: value for key, value in flat.items()
             if any(key == p or key.startswith(p + ".") for p in prefixes)}
@@ -62,7 +63,7 @@ def write_manifest(cfg: Config, stage: str, summary: dict[str, Any] | None = Non
     """Record that `stage` finished with the current config and inputs (plus its summary)."""
     values, inputs = stage_values(cfg, stage), current_inputs(cfg, stage)
     manifest = {"stage": stage, "hash": _digest(values, inputs), "values": values, "inputs": inputs,
-                **(summary or {})}
+                **portable(summary or {}, cfg.run_path)}
     write_json(cfg.layout.manifest(stage), manifest)
     return manifest
 

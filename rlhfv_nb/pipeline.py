@@ -37,15 +37,16 @@ from rlhfv_nb.generate import GenerationSettings, generate_answers
 from rlhfv_nb.logps import cache_path, model_fingerprint, reference_logps
 from rlhfv_nb.manifests import write_manifest
 from rlhfv_nb.modeling import build_tiny_model, load_model, load_processor
+from rlhfv_nb.portable import portable
 
 log = logging.getLogger(__name__)
 
 
 # ---------------------------------------------------------------- run folder bookkeeping
 def update_metrics(cfg: Config, section: str, values: dict[str, Any]) -> dict[str, Any]:
-    """Merge one stage's numbers into `<run>/metrics.json`."""
+    """Merge one stage's numbers into `<run>/metrics.json` (paths in them made portable)."""
     metrics = read_json(cfg.layout.metrics, {})
-    metrics[section] = values
+    metrics[section] = portable(values, cfg.run_path)
     write_json(cfg.layout.metrics, metrics)
     return metrics
 

@@ -20,6 +20,7 @@ from rlhfv_nb.launch import parse_overrides
 from rlhfv_nb.layout import RunLayout
 from rlhfv_nb.lock import RunFolderBusy, exclusive
 from rlhfv_nb.manifests import stage_status
+from rlhfv_nb.portable import make_file_portable, portable
 
 
 @dataclass(frozen=True)
@@ -108,7 +109,7 @@ def _run_stages(cfg: Config, params: str | Path, all_stages: list[Stage], chosen
         stale = [f"{name} ({state})" for name, state in report.items() if state not in ("done", "missing")]
         if stale:
             print(f"[stale] made with other values or inputs than these: {', '.join(stale)}", flush=True)
-        params_yaml = {"source": str(params), "stages": report, **values}
+        params_yaml = portable({"source": str(params), "stages": report, **values}, layout.root)
         layout.params.parent.mkdir(parents=True, exist_ok=True)
         write_text(layout.params, yaml.safe_dump(params_yaml, sort_keys=False))
 
@@ -133,6 +134,9 @@ def _execute(stage: Stage, layout: RunLayout, values: dict[str, Any], kernel: st
     finally:
         logger.removeHandler(handler)
         handler.close()
+        for written in (output, layout.log(stage.name)):
+            if written.exists():
+                make_file_portable(written, layout.root)
     print(f"[done] {stage.name} in {time.time() - started:.0f}s", flush=True)
 
 

@@ -114,8 +114,9 @@ def _transient(err: Exception) -> bool:
 class ServedBackend:
     """A model behind an OpenAI-compatible server, answering items into resumable answers files.
 
-    `server.model` null: the model the server lists at /v1/models (contacted here); when it lists several, the
-    one whose id or root is `model_path`. Retries: `max_retries` more attempts per request, waiting
+    `server.model` null: the model the server lists at /v1/models (contacted here) whose id or root (vLLM: the
+    folder it serves, also for `--lora-modules`) is `model_path`; an error when none is, as several models must not
+    silently share one served model's answers. Retries: `max_retries` more attempts per request, waiting
     `backoff_s` * 2**attempt (at most `max_backoff_s`, or the server's Retry-After).
     """
 
@@ -183,16 +184,14 @@ class ServedBackend:
         names = [card.id for card in cards]
         wanted = set() if model_path is None else {model_path, str(Path(model_path).resolve())}
         matching = [card.id for card in cards if {card.id, getattr(card, "root", None)} & wanted]
-        if len(cards) == 1:
-            if wanted and not matching:
-                log.warning("%s serves only %r, which is not %s: its answers are taken for that model",
-                            self.base_url, names[0], model_path)
+        if len(cards) == 1 and not wanted:
             return names[0]
         if len(matching) == 1:
             return matching[0]
         listed = ", ".join(map(repr, names)) or "no models"
-        raise ServedUnavailable(f"{self.base_url} lists {listed}: set evaluation.server.model to the one to "
-                                f"evaluate{f' for {model_path}' if model_path else ''}")
+        raise ServedUnavailable(f"{self.base_url} lists {listed}, none of them served from {model_path}: serve it "
+                                "(vLLM: the model folder, or --lora-modules NAME=FOLDER) or set "
+                                "evaluation.server.model to the one served name to evaluate")
 
     def _answer_one(self, item: dict[str, Any], params: dict[str, Any], seed: int | None,
                     stop: threading.Event) -> dict[str, Any]:

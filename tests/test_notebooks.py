@@ -57,6 +57,19 @@ def test_every_stage_leaves_its_artifacts(run_folder: Path) -> None:
         assert by_benchmark["world_pope"]["status"] == "ok"
 
 
+def test_the_run_folder_names_no_absolute_path_of_the_machine(run_folder: Path) -> None:
+    """JSON, params and executed notebooks name paths relative to the run folder, the project or `~`."""
+    machine = {str(run_folder), str(run_folder.resolve()), str(ROOT), str(Path.home())}
+    written = [p for pattern in ("*.json", "*.ipynb", "*.yaml", "*.log") for p in run_folder.rglob(pattern)]
+    assert len(written) > 20
+    found = {str(p.relative_to(run_folder)): [m for m in machine if m in p.read_text(errors="replace")]
+             for p in written}
+    assert {name: hits for name, hits in found.items() if hits} == {}
+    # and the run is still one the runner recognises as finished (the manifests' values are portable too)
+    assert all(stage_status(load_config(PARAMS, **SMALL, run_dir=str(run_folder)), s.name).done
+               for s in runner.stages())
+
+
 def test_finished_stages_are_skipped_unless_forced(run_folder: Path, capsys: pytest.CaptureFixture) -> None:
     runner.run(PARAMS, only=["01"], overrides={**SMALL, "run_dir": str(run_folder)}, progress=False)
     assert "[skip] 01_data" in capsys.readouterr().out

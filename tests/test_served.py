@@ -273,8 +273,13 @@ def test_served_model_is_found_by_path_or_named(server):
     server.models = [{"id": "base", "root": "/runs/a/base"}, {"id": "ddpo", "root": "/runs/a/ddpo"}]
     assert ServedBackend(config(server), "/runs/a/ddpo").model == "ddpo"
     assert ServedBackend(config(server), "base").model == "base"
-    with pytest.raises(ServedUnavailable, match=rf"{server.url} lists 'base', 'ddpo': set evaluation.server.model"):
+    with pytest.raises(ServedUnavailable, match=rf"{server.url} lists 'base', 'ddpo', none of them served from "
+                                                "/runs/a/sft: serve it"):
         ServedBackend(config(server), "/runs/a/sft")
+    # one served model is not taken for another model's answers
+    server.models = [{"id": "base", "root": "/runs/a/base"}]
+    with pytest.raises(ServedUnavailable, match="lists 'base', none of them served from /runs/a/ddpo"):
+        ServedBackend(config(server), "/runs/a/ddpo")
     calls = server.model_requests
     assert ServedBackend(config(server, model="chosen")).model == "chosen" and server.model_requests == calls
 
