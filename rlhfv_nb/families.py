@@ -14,7 +14,7 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
-from rlhfv_nb.config import FamilyConfig, LoraConfig
+from rlhfv_nb.config import FamilyConfig, LoraConfig, ModelConfig
 
 DECODER_LINEARS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 
@@ -31,6 +31,10 @@ class ModelFamily:
     vision features into the decoder (trained in full by a LoRA adapter, kept unquantised); it may lie
     inside a `vision` path (Qwen-VL's merger), in which case `freeze_vision` leaves it trainable.
     `decoder`: the language model whose `decoder_linears` LoRA adapts.
+    `image_aspect_ratio`: how the family's images reach its processor unless the params say
+    (`model.image_aspect_ratio`): "pad" to a square of the processor's mean colour first (LLaVA-1.5's
+    `image_aspect_ratio pad`), or "native", the processor's own handling (its resize/crop, any-res tiles,
+    dynamic resolution).
     """
 
     name: str
@@ -38,6 +42,7 @@ class ModelFamily:
     projector: tuple[str, ...]
     decoder: str
     decoder_linears: tuple[str, ...] = DECODER_LINEARS
+    image_aspect_ratio: str = "native"
 
     @property
     def lora_target_modules(self) -> str:
@@ -81,7 +86,9 @@ _IDEFICS = dict(vision=("model.vision_model",), projector=("model.connector",), 
 FAMILIES: dict[str, ModelFamily] = {
     family.name: family
     for family in (
-        ModelFamily("llava", **_LLAVA_LIKE),
+        # LLaVA-1.5 trains and evaluates on images padded to squares (`--image_aspect_ratio pad`, expand2square);
+        # its HF processor alone would centre-crop them instead (a quarter of a 640x480 image's width lost).
+        ModelFamily("llava", **_LLAVA_LIKE, image_aspect_ratio="pad"),
         # LLaVA-NeXT/OneVision's `image_newline` is a bare parameter of `model`: a LoRA adapter cannot save it.
         ModelFamily("llava_next", **_LLAVA_LIKE),
         ModelFamily("llava_onevision", **_LLAVA_LIKE),
@@ -136,6 +143,14 @@ def resolve_family(model_or_config: Any, overrides: FamilyConfig | None = None) 
                 "(module paths as model.named_modules() names them)")
         return ModelFamily(name=model_type, **changes)
     return dataclasses.replace(known, **changes)
+
+
+def resolve_image_aspect_ratio(model_or_config: Any, cfg: ModelConfig) -> str:
+    """"pad" or "native": the params' `model.image_aspect_ratio` if set, else the model family's default
+    (`ModelFamily.image_aspect_ratio`; the family as `resolve_family` finds it, `model.family` applied)."""
+    if cfg.image_aspect_ratio is not None:
+        return cfg.image_aspect_ratio
+    return resolve_family(model_or_config, cfg.family).image_aspect_ratio
 
 
 def lora_modules(family: ModelFamily, lora: LoraConfig) -> tuple[str, list[str]]:

@@ -31,7 +31,7 @@ from transformers import (
 
 from rlhfv_nb import processing
 from rlhfv_nb.config import ModelConfig, TinyModelConfig
-from rlhfv_nb.families import ModelFamily, resolve_family
+from rlhfv_nb.families import ModelFamily, resolve_family, resolve_image_aspect_ratio
 
 log = logging.getLogger(__name__)
 
@@ -162,12 +162,24 @@ def quantization_config(cfg: ModelConfig, family: ModelFamily) -> BitsAndBytesCo
 
 
 def load_processor(path: str | Path, cfg: ModelConfig) -> ProcessorMixin:
-    """The processor (tokenizer + image processor + chat template) saved with a model (`rlhfv_nb.processing`)."""
-    processor = processing.load_processor(path, trust_remote_code=cfg.trust_remote_code)
+    """The processor (tokenizer + image processor + chat template) saved with a model (`rlhfv_nb.processing`),
+    padding images to squares when `cfg.image_aspect_ratio`, or else the model family's default, is "pad"."""
+    aspect = cfg.image_aspect_ratio or resolve_image_aspect_ratio(_model_config(path, cfg), cfg)
+    processor = processing.load_processor(path, trust_remote_code=cfg.trust_remote_code, image_aspect_ratio=aspect)
     tokenizer = processor.tokenizer
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     return processor
+
+
+def _model_config(path: str | Path, cfg: ModelConfig):
+    """The model config of `path`; of its base model for a peft adapter folder without a config of its own."""
+    folder = Path(path)
+    if (folder / "adapter_config.json").exists() and not (folder / "config.json").exists():
+        from peft import PeftConfig
+
+        path = PeftConfig.from_pretrained(str(folder)).base_model_name_or_path
+    return AutoConfig.from_pretrained(str(path), trust_remote_code=cfg.trust_remote_code)
 
 
 def load_model(path: str | Path, cfg: ModelConfig, device_map: str | dict | None = None) -> PreTrainedModel:
