@@ -13,6 +13,7 @@ $(STAMP): pyproject.toml constraints.txt
 	test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV)
 	$(VENV)/bin/python -m pip install -q --upgrade pip
 	$(VENV)/bin/python -m pip install -q -c constraints.txt -e '.[dev,bench]'
+	$(VENV)/bin/python -m rlhfv_nb.evaluate.wordnet
 	$(VENV)/bin/python -m ipykernel install --sys-prefix --name rlhfv-nb --display-name "rlhfv-nb (.venv)" >/dev/null
 	touch $(STAMP)
 
