@@ -76,6 +76,7 @@ from importlib import util as importlib_util
 from pathlib import Path
 
 from rlhfv_nb.evaluate import benchmarks
+from rlhfv_nb.evaluate.benchmarks import BenchmarkDataError
 
 AMBER_BASE_URL = "https://raw.githubusercontent.com/junyangwang0410/AMBER/master/"
 AMBER_IMAGES_URL = "https://drive.google.com/file/d/1MaCHgtupcZUjf007anNl4_MV0o4DjXvl/view?usp=sharing"
@@ -131,13 +132,13 @@ def _read_json(path: Path) -> object:
     try:
         return json.loads(path.read_text(encoding="utf-8"))
     except json.JSONDecodeError as err:
-        raise ValueError(f"{path}: not valid JSON ({err})") from err
+        raise BenchmarkDataError(f"{path}: not valid JSON ({err})") from err
 
 
 def _read_rows(path: Path, expected: int | None, fields: Sequence[str]) -> list[dict]:
     rows = _read_json(path)
     if not isinstance(rows, list):
-        raise ValueError(f"{path}: expected a JSON list")
+        raise BenchmarkDataError(f"{path}: expected a JSON list")
     for i, row in enumerate(rows):
         benchmarks.check_fields(row, fields, f"{path}: row {i + 1}")
     benchmarks.check_rows(rows, expected, path)
@@ -168,12 +169,13 @@ def load_amber_annotations(
     annotations = _read_rows(paths["annotations"], rows.get("annotations"), ANNOTATION_FIELDS)
     for i, ann in enumerate(annotations):
         if ann["id"] != i + 1:  # inference.py reads ground_truth[id - 1]
-            raise ValueError(f"{paths['annotations']}: row {i + 1} has id {ann['id']!r}, expected {i + 1}")
+            raise BenchmarkDataError(f"{paths['annotations']}: row {i + 1} has id {ann['id']!r}, "
+                                     f"expected {i + 1}")
         if ann["type"] not in TYPES:
-            raise ValueError(f"{paths['annotations']}: row {i + 1}: unknown type {ann['type']!r}")
+            raise BenchmarkDataError(f"{paths['annotations']}: row {i + 1}: unknown type {ann['type']!r}")
     relation = _read_json(paths["relation"])
     if not isinstance(relation, dict) or not all(isinstance(v, list) for v in relation.values()):
-        raise ValueError(f"{paths['relation']}: expected a JSON object of word -> list of words")
+        raise BenchmarkDataError(f"{paths['relation']}: expected a JSON object of word -> list of words")
     benchmarks.check_rows(list(relation), rows.get("relation"), paths["relation"])
     safe = [w.strip() for w in paths["safe_words"].read_text(encoding="utf-8").splitlines() if w.strip()]
     benchmarks.check_rows(safe, rows.get("safe_words"), paths["safe_words"])
@@ -185,11 +187,11 @@ def load_amber_annotations(
         for i, query in enumerate(_read_rows(paths[kind], rows.get(kind), QUERY_FIELDS)):
             where = f"{paths[kind]}: row {i + 1} (id {query['id']})"
             if not isinstance(query["id"], int) or not 1 <= query["id"] <= len(annotations):
-                raise ValueError(f"{where}: no annotation with this id")
+                raise BenchmarkDataError(f"{where}: no annotation with this id")
             ann = annotations[query["id"] - 1]
             dimension, sub = TYPES[ann["type"]]
             if (dimension == "generative") != (kind == "generative"):
-                raise ValueError(f"{where}: annotation type {ann['type']!r} is not a {kind} type")
+                raise BenchmarkDataError(f"{where}: annotation type {ann['type']!r} is not a {kind} type")
             if limit is not None and taken[dimension] >= limit:
                 continue
             taken[dimension] += 1
@@ -199,12 +201,13 @@ def load_amber_annotations(
                 benchmarks.check_fields(ann, ("hallu",), f"{paths['annotations']}: row {query['id']}")
                 missing = [w for w in [*ann["truth"], *ann["hallu"]] if w not in lexicon.association]
                 if missing:
-                    raise ValueError(f"{paths['annotations']}: row {query['id']}: objects {missing} are not keys "
-                                     f"of {paths['relation']}")
+                    raise BenchmarkDataError(f"{paths['annotations']}: row {query['id']}: objects {missing} "
+                                             f"are not keys of {paths['relation']}")
                 item.update(hallu=ann["hallu"], lexicon=lexicon)
             else:
                 if ann["truth"] not in ("yes", "no"):
-                    raise ValueError(f"{paths['annotations']}: row {query['id']}: truth must be 'yes' or 'no'")
+                    raise BenchmarkDataError(f"{paths['annotations']}: row {query['id']}: truth must be "
+                                             "'yes' or 'no'")
                 item["attribute"] = sub
             items.append(item)
     return items

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -26,13 +27,29 @@ MMHAL_TEMPLATE = "response_template.json"
 MMHAL_ROWS = 96
 MMHAL_FIELDS = ("question_type", "question_topic", "image_id", "image_src", "image_content", "question",
                 "gt_answer")
-LLAVA_BENCH_URL = "https://raw.githubusercontent.com/haotian-liu/LLaVA/main/playground/data/coco2014_val_qa_eval/"
-# name -> (file, rows, required fields)
+# the LLaVA repository; LLaVA-Bench (COCO) files at their paths in it
+LLAVA_BENCH_URL = "https://raw.githubusercontent.com/haotian-liu/LLaVA/main/"
+# name -> (path in the repository, rows, required fields)
 LLAVA_BENCH_FILES = {
-    "questions": ("qa90_questions.jsonl", 90, ("question_id", "image", "text", "category")),
-    "references": ("qa90_gpt4_answer.jsonl", 90, ("question_id", "text")),
-    "contexts": ("caps_boxes_coco2014_val_80.jsonl", 80, ("image", "captions", "instances")),
+    "questions": ("playground/data/coco2014_val_qa_eval/qa90_questions.jsonl", 90,
+                  ("question_id", "image", "text", "category")),
+    "references": ("playground/data/coco2014_val_qa_eval/qa90_gpt4_answer.jsonl", 90, ("question_id", "text")),
+    "contexts": ("llava/eval/table/caps_boxes_coco2014_val_80.jsonl", 80, ("image", "captions", "instances")),
 }
+# RUCAIBox/POPE's released COCO question files, behind every published POPE number
+POPE_URL = "https://raw.githubusercontent.com/RUCAIBox/POPE/main/output/coco/"
+POPE_ROWS = 3000
+POPE_FIELDS = ("question_id", "image", "text", "label")
+# split -> SHA-256 of the file at RUCAIBox/POPE commit 3df3ba1
+POPE_SHA256 = {
+    "random": "ac25245170b975a5bdf9080b23fd431dfe6be458bc038259c1f4f09a6bef7994",
+    "popular": "72c1a8ad45d0c13514f5f22598261df41d3b533854d29682e924db50ed8aa753",
+    "adversarial": "420b3407db1fa9f1187a805dca41cb7b97fd91504e6c2179706188c107fb8ef8",
+}
+
+
+class BenchmarkDataError(ValueError):
+    """A benchmark file is not what the benchmark needs (wrong rows, fields, checksum): names the file."""
 
 
 def _cache(cache_dir: str | Path | None) -> Path:
@@ -69,7 +86,7 @@ def read_jsonl(path: str | Path, expected_rows: int | None = None, fields: Itera
         try:
             row = json.loads(line)
         except json.JSONDecodeError as err:
-            raise ValueError(f"{path}: row {lineno}: not valid JSON ({err})") from err
+            raise BenchmarkDataError(f"{path}: row {lineno}: not valid JSON ({err})") from err
         check_fields(row, fields, f"{path}: row {lineno}")
         rows.append(row)
     check_rows(rows, expected_rows, path)
@@ -78,15 +95,26 @@ def read_jsonl(path: str | Path, expected_rows: int | None = None, fields: Itera
 
 def check_fields(row: object, fields: Iterable[str], where: str) -> None:
     if not isinstance(row, dict):
-        raise ValueError(f"{where}: expected a JSON object, got {type(row).__name__}")
+        raise BenchmarkDataError(f"{where}: expected a JSON object, got {type(row).__name__}")
     for name in fields:
         if name not in row:
-            raise ValueError(f"{where}: missing field {name!r}")
+            raise BenchmarkDataError(f"{where}: missing field {name!r}")
 
 
 def check_rows(rows: list, expected: int | None, path: str | Path) -> None:
     if expected is not None and len(rows) != expected:
-        raise ValueError(f"{path}: expected {expected} rows, found {len(rows)} (incomplete or wrong file?)")
+        raise BenchmarkDataError(f"{path}: expected {expected} rows, found {len(rows)} (incomplete or wrong file?)")
+
+
+def verify_sha256(path: Path, expected: str) -> Path:
+    """`path` if its SHA-256 is `expected`; otherwise it is removed (a re-run downloads it again) and an error
+    names both digests."""
+    digest = hashlib.sha256(path.read_bytes()).hexdigest()
+    if digest != expected:
+        path.unlink()
+        raise BenchmarkDataError(f"{path}: SHA-256 {digest} is not the released file's {expected} (removed; a "
+                                 "re-run downloads it again; a mirror must serve the released file unchanged)")
+    return path
 
 
 # -- COCO ------------------------------------------------------------------------------------------
@@ -118,7 +146,7 @@ def fetch_coco_annotations(cache_dir: str | Path | None = None, url: str = COCO_
         members = {Path(n).name: n for n in zf.namelist()}
         for name in COCO_FILES:
             if name not in members:
-                raise ValueError(f"{archive}: no member {name} (is this the COCO 2014 annotations zip?)")
+                raise BenchmarkDataError(f"{archive}: no member {name} (is this the COCO 2014 annotations zip?)")
             ann_dir.mkdir(parents=True, exist_ok=True)
             fd, tmp = tempfile.mkstemp(dir=ann_dir, prefix=f".{name}.", suffix=".part")
             try:
@@ -152,12 +180,25 @@ def fetch_object_halbench(cache_dir: str | Path | None = None, url: str = OBJECT
 def fetch_llava_bench(
     cache_dir: str | Path | None = None, base_url: str = LLAVA_BENCH_URL
 ) -> dict[str, list[dict]]:
-    """LLaVA-Bench COCO files: `questions` (90), `references` (90 GPT-4 answers), `contexts` (80 images)."""
+    """LLaVA-Bench COCO files from the LLaVA repository at `base_url`: `questions` (90), `references` (90 GPT-4
+    answers), `contexts` (captions and boxes of the 80 images)."""
     folder = _cache(cache_dir) / "llava_bench"
     out = {}
-    for key, (name, rows, fields) in LLAVA_BENCH_FILES.items():
-        path = download(base_url.rstrip("/") + "/" + name, folder / name)
+    for key, (repo_path, rows, fields) in LLAVA_BENCH_FILES.items():
+        path = download(base_url.rstrip("/") + "/" + repo_path, folder / Path(repo_path).name)
         out[key] = read_jsonl(path, rows, fields)
+    return out
+
+
+# -- POPE ------------------------------------------------------------------------------------------
+def fetch_pope(cache_dir: str | Path | None = None, base_url: str = POPE_URL) -> dict[str, list[dict]]:
+    """The released POPE COCO questions per split (random, popular, adversarial: 3,000 each), checksums verified."""
+    folder = _cache(cache_dir) / "pope"
+    out = {}
+    for split, sha256 in POPE_SHA256.items():
+        name = f"coco_pope_{split}.json"
+        path = verify_sha256(download(base_url.rstrip("/") + "/" + name, folder / name), sha256)
+        out[split] = read_jsonl(path, POPE_ROWS, POPE_FIELDS)
     return out
 
 
@@ -168,9 +209,9 @@ def load_mmhal_template(path: str | Path) -> list[dict]:
     try:
         items = json.loads(path.read_text(encoding="utf-8"))
     except json.JSONDecodeError as err:
-        raise ValueError(f"{path}: not valid JSON ({err})") from err
+        raise BenchmarkDataError(f"{path}: not valid JSON ({err})") from err
     if not isinstance(items, list):
-        raise ValueError(f"{path}: expected a JSON list of items")
+        raise BenchmarkDataError(f"{path}: expected a JSON list of items")
     for i, item in enumerate(items):
         check_fields(item, MMHAL_FIELDS, f"{path}: item {i}")
     check_rows(items, MMHAL_ROWS, path)

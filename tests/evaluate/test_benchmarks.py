@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gzip
 import json
 import zipfile
 from pathlib import Path
@@ -58,15 +59,58 @@ def test_coco_annotations_from_zip(file_server: tuple[str, Path], tmp_path: Path
     assert _no_partials(tmp_path)
 
 
-def test_llava_bench_files(file_server: tuple[str, Path], tmp_path: Path) -> None:
-    url, root = file_server
-    _jsonl(root / "qa90_questions.jsonl",
+def llava_repository(root: Path) -> None:
+    """LLaVA-Bench (COCO) files where the haotian-liu/LLaVA repository keeps them."""
+    qa = root / "playground" / "data" / "coco2014_val_qa_eval"
+    table = root / "llava" / "eval" / "table"
+    for folder in (qa, table):
+        folder.mkdir(parents=True)
+    _jsonl(qa / "qa90_questions.jsonl",
            [{"question_id": i, "image": "x.jpg", "text": "Q?", "category": "conv"} for i in range(90)])
-    _jsonl(root / "qa90_gpt4_answer.jsonl", [{"question_id": i, "text": "A."} for i in range(90)])
-    _jsonl(root / "caps_boxes_coco2014_val_80.jsonl",
+    _jsonl(qa / "qa90_gpt4_answer.jsonl", [{"question_id": i, "text": "A."} for i in range(90)])
+    _jsonl(table / "caps_boxes_coco2014_val_80.jsonl",
            [{"image": f"{i}.jpg", "captions": [], "instances": []} for i in range(80)])
+
+
+def test_llava_bench_files_at_their_upstream_paths(file_server: tuple[str, Path], tmp_path: Path) -> None:
+    url, root = file_server
+    assert benchmarks.LLAVA_BENCH_URL == "https://raw.githubusercontent.com/haotian-liu/LLaVA/main/"
+    assert benchmarks.LLAVA_BENCH_FILES["contexts"][0] == "llava/eval/table/caps_boxes_coco2014_val_80.jsonl"
+    llava_repository(root)
     data = benchmarks.fetch_llava_bench(tmp_path, base_url=url)
     assert {k: len(v) for k, v in data.items()} == {"questions": 90, "references": 90, "contexts": 80}
+    # the contexts file at the path the old code asked for does not exist upstream: a clear error, no file left
+    (root / "llava" / "eval" / "table" / "caps_boxes_coco2014_val_80.jsonl").unlink()
+    with pytest.raises(ConnectionError, match="caps_boxes_coco2014_val_80.jsonl"):
+        benchmarks.fetch_llava_bench(tmp_path / "other", base_url=url)
+    assert _no_partials(tmp_path)
+
+
+def pope_repository(root: Path) -> Path:
+    """RUCAIBox/POPE's released COCO files (the real ones, kept gzipped in the fixtures) at `output/coco/`."""
+    folder = root / "output" / "coco"
+    folder.mkdir(parents=True)
+    for split in ("random", "popular", "adversarial"):
+        name = f"coco_pope_{split}.json"
+        (folder / name).write_bytes(gzip.decompress((FIXTURES / "pope" / f"{name}.gz").read_bytes()))
+    return folder
+
+
+def test_official_pope_files_are_fetched_and_verified(file_server: tuple[str, Path], tmp_path: Path) -> None:
+    url, root = file_server
+    folder = pope_repository(root)
+    splits = benchmarks.fetch_pope(tmp_path, base_url=f"{url}/output/coco/")
+    assert {split: len(rows) for split, rows in splits.items()} == {"random": 3000, "popular": 3000,
+                                                                    "adversarial": 3000}
+    assert splits["random"][0] == {"question_id": 1, "image": "COCO_val2014_000000310196.jpg",
+                                   "text": "Is there a snowboard in the image?", "label": "yes"}
+    assert len({r["image"] for r in splits["adversarial"]}) == 500
+    # a mirror serving an altered file: the checksum refuses it and the cached copy is removed
+    altered = folder / "coco_pope_popular.json"
+    altered.write_text(altered.read_text().replace('"label": "no"', '"label": "yes"', 1))
+    with pytest.raises(benchmarks.BenchmarkDataError, match="coco_pope_popular.json: SHA-256 .* is not the released"):
+        benchmarks.fetch_pope(tmp_path / "other", base_url=f"{url}/output/coco/")
+    assert not (tmp_path / "other" / "pope" / "coco_pope_popular.json").exists()
 
 
 def test_mmhal_template_checked(tmp_path: Path) -> None:
