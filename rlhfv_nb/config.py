@@ -213,6 +213,8 @@ class EvalConfig:
     object_halbench_extraction: str = "auto"
     pope_source: str = "official"  # official: RUCAIBox/POPE's released COCO files | coco: regenerated from COCO
     pope_seed: int = 0  # the regenerated POPE's sampling seed (independent of the training seed)
+    # AMBER's images (AMBER_<n>.jpg from its release zip); null: $AMBER_IMAGE_DIR, else <cache>/amber/image
+    amber_images: str | None = None
 
 
 @dataclass
@@ -377,7 +379,8 @@ def _validate(cfg: Config) -> Config:
         raise ConfigError("model.load_in_4bit: a 4-bit base cannot be trained directly; set model.lora.enabled")
     for key, value in {"data.sft_source": cfg.data.sft_source, "data.preferences": cfg.data.preferences,
                        "launch.accelerate_config": cfg.launch.accelerate_config,
-                       "evaluation.coco_dir": cfg.evaluation.coco_dir}.items():
+                       "evaluation.coco_dir": cfg.evaluation.coco_dir,
+                       "evaluation.amber_images": cfg.evaluation.amber_images}.items():
         if value and looks_like_local_path(value) and not (project_root() / Path(value).expanduser()).exists():
             raise ConfigError(f"{key}: file or folder {value!r} does not exist")
     if cfg.data.world:

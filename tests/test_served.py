@@ -341,3 +341,34 @@ def test_items_are_answered_in_order_whatever_finishes_first(server, tmp_path: P
     answers = served_answers(config(server, max_concurrency=4), ITEMS, GREEDY, tmp_path / "a.jsonl",
                              progress=False)
     assert [a["id"] for a in answers] == [i["id"] for i in ITEMS]
+
+
+def test_the_suite_evaluates_served_models_end_to_end(server, tmp_path):
+    """`evaluation.backend: openai`: notebook 04's suite asks the server for every model, each found by its folder."""
+    from rlhfv_nb import pipeline, world_eval
+    from rlhfv_nb.config import load_config
+    from rlhfv_nb.evaluate.suite import run_benchmarks
+    from tests.tiny_run import CPU_TINY, SHAPE
+
+    cfg = load_config(CPU_TINY, run_dir=str(tmp_path / "run"), model={"tiny": vars(SHAPE)},
+                      data={"sft_images": 20, "feedback_images": 2, "eval_images": 3},
+                      evaluation={"limit": 2, "backend": "openai", "max_new_tokens": 8,
+                                  "server": {"base_url": server.url, "max_concurrency": 2, "timeout": 10.0}})
+    pipeline.prepare_data(cfg)
+    models = {"SFT": str(tmp_path / "sft"), "DDPO gamma=5": str(tmp_path / "ddpo")}  # served, never loaded here
+    server.models = [{"id": "sft", "root": models["SFT"]}, {"id": "ddpo", "root": models["DDPO gamma=5"]}]
+    result = run_benchmarks(cfg, models)
+
+    items = len(world_eval.eval_items(cfg))
+    assert len(server.requests) == 2 * items  # every item once per model, nothing generated in this process
+    assert {r["model"] for r in server.requests} == {"sft", "ddpo"}
+    assert all(r["temperature"] == 0 and r["max_tokens"] == 8 for r in server.requests)
+    for name in models:
+        by_bench = result.results[name]
+        assert all(r.ok for r in by_bench.values()), by_bench
+        answers = Path(by_bench["world_chair"].answers)
+        assert answers.name != f"answers-{result.generation.key}.jsonl"  # not the HF backend's file
+        assert len(answers.read_text().splitlines()) == items
+    assert result.to_dict()["backend"] == {"kind": "openai", "base_url": server.url, "model": None}
+    again = run_benchmarks(cfg, models)  # resumed from the answers files: no request
+    assert len(server.requests) == 2 * items and again.table().equals(result.table())

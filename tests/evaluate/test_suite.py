@@ -12,11 +12,13 @@ from pathlib import Path
 import pytest
 from conftest import FIXTURES, JUDGE_MODEL, FakeOpenAI
 from PIL import Image
+from test_benchmarks import pope_repository
 
 from rlhfv_nb import pipeline
 from rlhfv_nb.config import Config, TinyModelConfig, load_config
 from rlhfv_nb.evaluate import benchmarks, paper
 from rlhfv_nb.evaluate.benchmarks import read_jsonl
+from rlhfv_nb.evaluate.llava_bench import SCORES_NUDGE
 from rlhfv_nb.evaluate.suite import Sources, answers_path, model_slug, paper_table, run_benchmarks
 from rlhfv_nb.generate import GenerationSettings, eval_settings
 from rlhfv_nb.modeling import build_tiny_model
@@ -46,11 +48,15 @@ def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> str:
     return str(build_tiny_model(corpus, SHAPE, tmp_path_factory.mktemp("model"), seed=0))
 
 
+# the first three images of the released POPE files
+POPE_IMAGES = (310196, 210789, 429109)
+
+
 def _coco_images(folder: Path) -> Path:
-    """`folder/val2014/` with an image for each fixture COCO id."""
+    """`folder/val2014/` with an image for each fixture COCO id and the first official POPE images."""
     (folder / "val2014").mkdir(parents=True)
-    for image_id in range(1, 7):
-        (folder / "val2014" / f"COCO_val2014_{image_id:012d}.jpg").write_bytes(_jpeg((60 * image_id, 80, 120)))
+    for image_id in (*range(1, 7), *POPE_IMAGES):
+        (folder / "val2014" / f"COCO_val2014_{image_id:012d}.jpg").write_bytes(_jpeg((image_id % 250, 80, 120)))
     return folder
 
 
@@ -78,27 +84,39 @@ def sources(file_server: tuple[str, Path], hub_server: tuple[str, dict[str, byte
     questions = read_jsonl(FIXTURES / "qa_questions.jsonl")
     references = read_jsonl(FIXTURES / "qa_gpt4_answer.jsonl")
     contexts = read_jsonl(FIXTURES / "caps_boxes.jsonl")
-    _jsonl(root / "qa90_questions.jsonl", [{**questions[i % 3], "question_id": i} for i in range(90)])
-    _jsonl(root / "qa90_gpt4_answer.jsonl", [{**references[i % 3], "question_id": i} for i in range(90)])
-    _jsonl(root / "caps_boxes_coco2014_val_80.jsonl",
+    llava = root / "llava"  # laid out like the haotian-liu/LLaVA repository
+    qa, table = llava / "playground" / "data" / "coco2014_val_qa_eval", llava / "llava" / "eval" / "table"
+    for folder in (qa, table):
+        folder.mkdir(parents=True)
+    _jsonl(qa / "qa90_questions.jsonl", [{**questions[i % 3], "question_id": i} for i in range(90)])
+    _jsonl(qa / "qa90_gpt4_answer.jsonl", [{**references[i % 3], "question_id": i} for i in range(90)])
+    _jsonl(table / "caps_boxes_coco2014_val_80.jsonl",
            contexts + [{"image": f"{i:012d}.jpg", "captions": [], "instances": []} for i in range(100, 178)])
+    pope_repository(root / "pope")
     hub, files = hub_server
     items = json.loads((FIXTURES / "mmhal_template.json").read_text())
     files["response_template.json"] = json.dumps(items * 12).encode()
     for item in items:
         files["images/" + item["image_src"].rsplit("/", 1)[-1]] = _jpeg((0, 200, 0))
-    return Sources(cache_dir=tmp_path / "cache", object_halbench_url=f"{url}/objhal.jsonl", llava_bench_url=url,
-                   hub_endpoint=hub)
+    return Sources(cache_dir=tmp_path / "cache", object_halbench_url=f"{url}/objhal.jsonl",
+                   llava_bench_url=f"{url}/llava/", pope_url=f"{url}/pope/output/coco/", hub_endpoint=hub)
 
 
-def _config(run_dir: Path, benchmarks: list[str], coco_dir: Path | None, judge_url: str | None = None) -> Config:
+EXTRACTOR = "extractor-model"
+
+
+def _config(run_dir: Path, benchmarks: list[str], coco_dir: Path | None, judge_url: str | None = None,
+            **evaluation) -> Config:
     return load_config(CPU_TINY, name="test-suite", run_dir=str(run_dir), model={"tiny": vars(SHAPE)}, evaluation={
         "benchmarks": benchmarks, "max_new_tokens": 6, "num_beams": 1, "batch_size": 4, "limit": LIMIT,
         "coco_dir": str(coco_dir) if coco_dir else None,
-        "judge": {"model": JUDGE_MODEL, "base_url": judge_url, "max_concurrency": 2}})
+        **evaluation, "judge": {"model": JUDGE_MODEL, "base_url": judge_url, "max_concurrency": 2,
+                                "extraction_model": EXTRACTOR, **evaluation.get("judge", {})}})
 
 
 def _judge(prompt: str) -> str:
+    if "expert in image objects extraction" in prompt:  # Object HalBench's upstream extraction prompt
+        return '["dog", "chair"]'
     return "Fine.\nRating: 4" if "LMM Response to Evaluate" in prompt else "8 6\nThe second answer is shorter."
 
 
@@ -114,11 +132,15 @@ def test_all_benchmarks_with_a_judge(tiny_model: str, coco: Path, sources: Sourc
         by_bench = result.results[name]
         assert list(by_bench) == REAL and all(r.status == "ok" for r in by_bench.values()), by_bench
         chair = by_bench["object_halbench"].metrics
-        assert (chair["n_items"], chair["n_responses"], chair["n_scored"], chair["n_missing_gt"]) == (3, 3, 2, 1)
-        assert chair["extraction"] == "word_match" and by_bench["object_halbench"].judge is None
-        pope = by_bench["pope"].metrics["splits"]
-        assert list(pope) == ["random", "popular", "adversarial"]
-        assert all(s["n"] == 18 and s["tp"] + s["fn"] == 9 for s in pope.values())  # 3 images, 3 + 3 each
+        assert (chair["n_items"], chair["n_responses"], chair["n_missing_gt"]) == (3, 3, 1)
+        # a key is set: objects extracted as upstream, by the extraction model
+        assert chair["extraction"] == f"llm ({EXTRACTOR})" and by_bench["object_halbench"].judge == EXTRACTOR
+        # the two answers with COCO ground truth: extracted by the LLM unless 3 words or fewer (upstream's skip)
+        assert chair["n_scored"] == 2 and chair["judge"]["requests"] + chair["judge"]["cache_hits"] == \
+            2 - chair["n_skipped_short"]
+        pope = by_bench["pope"].metrics
+        assert pope["source"].startswith("official") and list(pope["splits"]) == ["random", "popular", "adversarial"]
+        assert all(s["n"] == 18 and s["tp"] + s["fn"] == 9 for s in pope["splits"].values())  # 3 images, 3 + 3
         mmhal = by_bench["mmhal_bench"]
         assert mmhal.judge == JUDGE_MODEL and mmhal.metrics["judge"]["judge_model"] == JUDGE_MODEL
         assert (mmhal.metrics["n_items"], mmhal.metrics["n_rated"], mmhal.metrics["score"]) == (3, 3, 4)
@@ -129,7 +151,8 @@ def test_all_benchmarks_with_a_judge(tiny_model: str, coco: Path, sources: Sourc
         folder = tmp_path / "run" / "eval" / model_slug(name)
         for task in REAL:
             assert (folder / task / "scores.json").exists()
-            answers = answers_path(folder / task, result.generation)
+            answers = Path(by_bench[task].answers)
+            assert answers == answers_path(folder / task, result.generation.key)
             assert len(answers.read_text().splitlines()) == by_bench[task].metrics["n_items"]
 
     table = result.table()
@@ -137,7 +160,12 @@ def test_all_benchmarks_with_a_judge(tiny_model: str, coco: Path, sources: Sourc
     row = table.loc["SFT"]
     assert row[paper.MMHAL_HALL] == 0 and row[paper.MMHAL_INFO] == pytest.approx(100 / 3)
     assert row["MMHal score"] == 4 and row[paper.LLAVA["conv"]] == pytest.approx(75.0)
-    assert row["judge"] == JUDGE_MODEL and row["notes"] == ""
+    assert row["judge"] == f"{EXTRACTOR}, {JUDGE_MODEL}" and row["notes"] == ""
+    sources_of = result.column_sources()
+    assert set(sources_of.index) == set(table.columns) - {"judge", "notes"}  # every column says how it was scored
+    assert sources_of.loc[paper.RESP, "LLM"] == EXTRACTOR and "upstream" in sources_of.loc[paper.RESP, "scored by"]
+    assert sources_of.loc[paper.LLAVA["conv"], "LLM"] == JUDGE_MODEL
+    assert sources_of.loc["POPE random acc", "LLM"] == "none"
     assert {paper.RESP, paper.MENTION, "ObjHal CHAIRs", "ObjHal recall", "ObjHal avg_len",
             "POPE adversarial F1", "POPE random yes-ratio"} <= set(table.columns)
     assert row["POPE random acc"] == 100 * result.results["SFT"]["pope"].metrics["splits"]["random"]["accuracy"]
@@ -155,7 +183,7 @@ def test_all_benchmarks_with_a_judge(tiny_model: str, coco: Path, sources: Sourc
 def test_without_a_key_judged_benchmarks_are_skipped(tiny_model: str, coco: Path, monkeypatch: pytest.MonkeyPatch,
                                                      tmp_path: Path) -> None:
     monkeypatch.delenv("OPENAI_API_KEY", raising=False)
-    cfg = _config(tmp_path / "run", REAL, coco)
+    cfg = _config(tmp_path / "run", REAL, coco, pope_source="coco")
     # Object HalBench prompts placed in the cache: nothing is downloaded
     cached = tmp_path / "cache" / "object_halbench" / Path(benchmarks.OBJECT_HALBENCH_URL).name
     cached.parent.mkdir(parents=True)
@@ -167,16 +195,24 @@ def test_without_a_key_judged_benchmarks_are_skipped(tiny_model: str, coco: Path
     assert by_bench["mmhal_bench"].status == by_bench["llava_bench"].status == "skipped: no OPENAI_API_KEY"
     assert by_bench["object_halbench"].ok and by_bench["object_halbench"].metrics["n_scored"] == 3
     assert by_bench["pope"].ok and by_bench["pope"].metrics["splits"]["popular"]["n"] == 18
+    assert by_bench["pope"].metrics["source"] == "regenerated from COCO val2014 (seed 0)"
     assert not (tmp_path / "run" / "eval" / "sft" / "mmhal_bench").exists()  # no answers generated
-    row = result.table().loc["SFT"]
-    assert 0 <= row["ObjHal CHAIRs"] <= 100 and 0 <= row["POPE random acc"] <= 100 and row["judge"] is None
+    table = result.table()
+    row = table.loc["SFT"]
+    # word-matched Object HalBench is never put under the paper's (LLM-extracted) columns
+    assert paper.RESP not in table.columns and "ObjHal (word match) Resp. (CHAIRs_refine)" in table.columns
+    assert 0 <= row["ObjHal (word match) CHAIRs"] <= 100
+    assert by_bench["object_halbench"].metrics["extraction"] == "words (WordNet lemmas)"
+    assert 0 <= row["POPE (regenerated) random acc"] <= 100 and row["judge"] is None
+    assert result.column_sources().loc["ObjHal (word match) CHAIRs", "LLM"] == "none"
     assert row["notes"] == "mmhal_bench: skipped: no OPENAI_API_KEY; llava_bench: skipped: no OPENAI_API_KEY"
 
 
 def test_failures_are_reported_and_the_rest_runs(tiny_model: str, sources: Sources, openai_server: FakeOpenAI,
                                                  tmp_path: Path) -> None:
     openai_server.responder = _judge
-    cfg = _config(tmp_path / "run", ["object_halbench", "llava_bench", "pope"], None, openai_server.url)
+    cfg = _config(tmp_path / "run", ["object_halbench", "llava_bench", "pope"], None, openai_server.url,
+                  pope_source="coco")
     _coco_images(sources.cache_dir / "coco2014")  # LLaVA-Bench images are there, the annotations cannot be fetched
     offline = dataclasses.replace(sources, coco_annotations_url="http://127.0.0.1:9/annotations.zip")
     result = run_benchmarks(cfg, {"SFT": tiny_model}, offline)
@@ -192,7 +228,7 @@ def test_failures_are_reported_and_the_rest_runs(tiny_model: str, sources: Sourc
 def test_missing_coco_annotations_and_bad_names(tmp_path: Path) -> None:
     empty = tmp_path / "coco"
     empty.mkdir()
-    cfg = _config(tmp_path / "run", ["pope"], empty)
+    cfg = _config(tmp_path / "run", ["pope"], empty, pope_source="coco")
     result = run_benchmarks(cfg, {"SFT": str(tmp_path / "no-model")}, Sources(cache_dir=tmp_path / "cache"))
     status = result.results["SFT"]["pope"].status
     assert status.startswith("failed: preparing pope: FileNotFoundError") and "instances_val2014.json" in status
@@ -242,3 +278,53 @@ def test_real_presets_generate_as_upstream(preset: str) -> None:
     cfg = load_config(Path(__file__).parents[2] / "params" / f"{preset}.yaml")
     assert eval_settings(cfg) == GenerationSettings(max_new_tokens=1024, num_beams=3, repetition_penalty=1.1)
     assert sorted(cfg.evaluation.benchmarks) == sorted(REAL)
+
+
+def test_unscored_items_make_a_benchmark_partial_and_repeats_give_a_spread(
+        tiny_model: str, sources: Sources, openai_server: FakeOpenAI, tmp_path: Path) -> None:
+    calls: dict[str, int] = {}
+    unreviewable = read_jsonl(FIXTURES / "qa_questions.jsonl")[0]["text"]
+
+    def judge(prompt: str) -> str:
+        calls[prompt] = calls.get(prompt, 0) + 1
+        if "LMM Response to Evaluate" in prompt:
+            return f"Rating: {4 if calls[prompt] == 1 else 2}"  # each MMHal item: 4 in one run, 2 in the other
+        if unreviewable in prompt or prompt == SCORES_NUDGE:
+            return "no scores here"  # this LLaVA-Bench review never parses, nor after the nudge
+        return "8 6\nThe second answer is shorter."
+
+    openai_server.responder = judge
+    cfg = _config(tmp_path / "run", ["mmhal_bench", "llava_bench"], None, openai_server.url, judge={"repeats": 2})
+    _coco_images(sources.cache_dir / "coco2014")  # LLaVA-Bench's images
+    result = run_benchmarks(cfg, {"SFT": tiny_model}, sources)
+
+    mmhal, llava = result.results["SFT"]["mmhal_bench"], result.results["SFT"]["llava_bench"]
+    assert mmhal.ok and mmhal.metrics["repeats"] == 2 and mmhal.metrics["score"] == pytest.approx(3.0)
+    assert mmhal.metrics["score_std"] > 0  # 3 items, each 4 in one run and 2 in the other: the runs differ
+    assert llava.status == "partial: 1 of 3 items not scored (2 failed judgments, 2 unparsed)"
+    assert llava.metrics["all"]["relative"] == pytest.approx(75.0)  # over the two reviewed items
+    table = result.table()
+    assert table.loc["SFT", "MMHal score"] == pytest.approx(3.0) and table.loc["SFT", "MMHal score std"] > 0
+    assert table.loc["SFT", paper.LLAVA["all"]] == pytest.approx(75.0)
+    assert "llava_bench: partial: 1 of 3 items not scored" in table.loc["SFT", "notes"]
+
+    openai_server.responder = lambda prompt: "no scores here"  # a judge whose reviews never parse: no numbers
+    cfg = _config(tmp_path / "run2", ["llava_bench"], None, openai_server.url)
+    llava = run_benchmarks(cfg, {"SFT": tiny_model}, sources).results["SFT"]["llava_bench"]
+    assert llava.status.startswith("failed: scoring: 3 of 3 items not scored") and not llava.scored
+    assert result.column_sources().loc["MMHal score", "LLM"] == f"{JUDGE_MODEL} (mean of 2 runs)"
+
+
+def test_a_bug_in_a_benchmark_raises_instead_of_becoming_a_note(tiny_model: str, tmp_path: Path,
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    from rlhfv_nb.evaluate import tasks
+
+    def broken(ctx: tasks.Context) -> tasks.Task:
+        def score(answers, judge):
+            return {"broken": {"value": 1 / 0}}, {}
+        return tasks.Task("broken", ("broken",), [{"id": "0", "image": _jpeg((1, 2, 3)), "question": "Q?"}],
+                          score, "a scorer with a bug")
+
+    monkeypatch.setitem(tasks.BUILDERS, "broken", broken)  # a benchmark of the test's own, through the real suite
+    with pytest.raises(ZeroDivisionError):
+        run_benchmarks(_config(tmp_path / "run", ["broken"], None), {"SFT": tiny_model})
