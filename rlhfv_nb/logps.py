@@ -70,9 +70,14 @@ def data_fingerprint(rows: Iterable[dict[str, Any]]) -> str:
     return digest.hexdigest()[:16]
 
 
-def cache_path(cache_dir: Path, model_path: str | Path, rows: list[dict[str, Any]]) -> Path:
-    """Where the log-probs of `rows` under the model at `model_path` live."""
-    return Path(cache_dir) / f"ref-{model_fingerprint(model_path)}-{data_fingerprint(rows)}.jsonl"
+def cache_path(cache_dir: Path, model_path: str | Path, rows: list[dict[str, Any]], image_aspect_ratio: str = "native"
+               ) -> Path:
+    """Where the log-probs of `rows` under the model at `model_path` live, images preprocessed with
+    `image_aspect_ratio` ("pad" or "native": the pixels the model sees differ)."""
+    model = model_fingerprint(model_path)
+    if image_aspect_ratio != "native":
+        model = hashlib.sha256(f"{model}|{image_aspect_ratio}".encode()).hexdigest()[:16]
+    return Path(cache_dir) / f"ref-{model}-{data_fingerprint(rows)}.jsonl"
 
 
 def entry_checksum(uid: str, chosen: list[float], rejected: list[float]) -> str:

@@ -38,6 +38,7 @@ from rlhfv_nb.logps import cache_path, model_fingerprint, reference_logps
 from rlhfv_nb.manifests import write_manifest
 from rlhfv_nb.modeling import build_tiny_model, load_model, load_processor
 from rlhfv_nb.portable import portable
+from rlhfv_nb.processing import image_aspect_ratio_of
 
 log = logging.getLogger(__name__)
 
@@ -274,7 +275,8 @@ def tokenise_pairs(cfg: Config, processor, path: Path | None = None) -> tuple[li
     return rows, bad
 
 
-# (data file, its mtime and size, SFT model fingerprint, length settings, cache folder) -> tokenised pairs
+# (data file, its mtime and size, SFT model fingerprint, length settings, cache folder, image preprocessing)
+# -> tokenised pairs
 _PREPARED: dict[tuple, tuple[list[dict[str, Any]], BadRows, Path]] = {}
 
 
@@ -284,16 +286,18 @@ def prepared_pairs(cfg: Config, processor) -> tuple[list[dict[str, Any]], BadRow
     data = preferences_path(cfg)
     stat = data.stat()
     key = (str(data.resolve()), stat.st_mtime_ns, stat.st_size, model_fingerprint(sft_model_path(cfg)),
-           cfg.data.max_length, cfg.data.on_bad_row, str(cfg.layout.reference_cache_dir))
+           cfg.data.max_length, cfg.data.on_bad_row, str(cfg.layout.reference_cache_dir),
+           image_aspect_ratio_of(processor))
     if key not in _PREPARED:
         rows, bad = tokenise_pairs(cfg, processor)
-        _PREPARED[key] = (rows, bad, reference_cache(cfg, rows))
+        _PREPARED[key] = (rows, bad, reference_cache(cfg, rows, processor))
     return _PREPARED[key]
 
 
-def reference_cache(cfg: Config, rows: list[dict[str, Any]]) -> Path:
-    """Where the reference log-probs of `rows` under the run's SFT model live (`<run>/data/logps`)."""
-    return cache_path(cfg.layout.reference_cache_dir, sft_model_path(cfg), rows)
+def reference_cache(cfg: Config, rows: list[dict[str, Any]], processor) -> Path:
+    """Where the reference log-probs of `rows` under the run's SFT model and image preprocessing live
+    (`<run>/data/logps`)."""
+    return cache_path(cfg.layout.reference_cache_dir, sft_model_path(cfg), rows, image_aspect_ratio_of(processor))
 
 
 def reference_settings_path(cache: Path) -> Path:
@@ -314,8 +318,8 @@ def compute_reference(cfg: Config, rows: list[dict[str, Any]], processor=None, c
     from rlhfv_nb.train import prepare_for_training
 
     path = sft_model_path(cfg)
-    cache = cache or reference_cache(cfg, rows)
     processor = processor or load_processor(path, cfg.model)
+    cache = cache or reference_cache(cfg, rows, processor)
     device = "cuda" if torch.cuda.is_available() else "cpu"
     model = prepare_for_training(load_model(path, cfg.model, device_map=device if device == "cuda" else None),
                                  cfg.model)
@@ -324,7 +328,8 @@ def compute_reference(cfg: Config, rows: list[dict[str, Any]], processor=None, c
     write_json(reference_settings_path(cache), {
         "computed_by": "rlhfv_nb.pipeline.compute_reference", "device": device,
         "autocast": "bfloat16" if cfg.ddpo.bf16 else None, "load_in_4bit": cfg.model.load_in_4bit,
-        "lora_at_identity": cfg.model.lora.enabled, "batch_size": cfg.ddpo.ref_batch_size})
+        "lora_at_identity": cfg.model.lora.enabled, "batch_size": cfg.ddpo.ref_batch_size,
+        "image_aspect_ratio": image_aspect_ratio_of(processor)})
     del model
     gc.collect()
     if device == "cuda":

@@ -180,3 +180,15 @@ def test_fingerprint_covers_every_weight_byte_and_the_chat_template(tiny, tmp_pa
     assert edited not in (key, scaled)
     (copy / "README.md").write_text("notes")  # documentation does not change what the model computes
     assert model_fingerprint(copy) == edited
+
+
+def test_cache_path_changes_with_the_image_preprocessing(tiny, tmp_path):
+    from rlhfv_nb.pipeline import reference_cache
+    from rlhfv_nb.processing import with_image_aspect_ratio
+
+    cfg, _, processor, rows = tiny
+    padded = with_image_aspect_ratio(load_processor(cfg.run_path / "base", cfg.model), "pad")
+    native = with_image_aspect_ratio(load_processor(cfg.run_path / "base", cfg.model), "native")
+    # the model sees other pixels when images are padded: its log-probs are cached apart
+    assert reference_cache(cfg, rows, padded) != reference_cache(cfg, rows, native)
+    assert reference_cache(cfg, rows, padded) == reference_cache(cfg, rows, processor)  # the tiny LLaVA pads

@@ -1,4 +1,4 @@
-"""Hallucination benchmarks: CHAIR (Object HalBench), POPE, MMHal-Bench, LLaVA-Bench, and the LLM judge."""
+"""Hallucination benchmarks: CHAIR (Object HalBench), POPE, AMBER, MMHal-Bench, LLaVA-Bench, and the LLM judge."""
 
 from rlhfv_nb.evaluate.chair import (
     ChairResult,
