@@ -393,6 +393,7 @@ def _validate(cfg: Config) -> Config:
     return cfg
 
 
+# Suffixes that make a value a file name, never a hub id (hub names may hold dots: `dclm-baseline-1.0`).
 FILE_SUFFIXES = (".parquet", ".pq", ".arrow", ".json", ".jsonl", ".csv", ".tsv", ".txt", ".yaml", ".yml",
                  ".zip", ".gz", ".tar", ".tgz", ".bz2", ".xz", ".zst")
 

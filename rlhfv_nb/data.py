@@ -27,7 +27,6 @@ from typing import Any
 
 import datasets
 import pyarrow.parquet as pq
-from huggingface_hub.utils import HFValidationError, validate_repo_id
 from PIL import Image
 
 from rlhfv_nb.config import DataConfig, looks_like_local_path, project_root
@@ -49,9 +48,6 @@ SFT_SCHEMAS = {
     **PREFERENCE_SCHEMAS,  # a preference dataset's chosen answers
 }
 DEFAULT_MAX_IMAGE_PIXELS = DataConfig.max_image_pixels
-# Suffixes that make a value a file name, never a hub id (hub names may hold dots: `dclm-baseline-1.0`).
-FILE_SUFFIXES = (".parquet", ".pq", ".arrow", ".json", ".jsonl", ".csv", ".tsv", ".txt", ".yaml", ".yml",
-                 ".zip", ".gz", ".tar", ".tgz", ".bz2", ".xz", ".zst")
 PARQUET_MAGIC = b"PAR1"
 
 
@@ -96,25 +92,6 @@ class BadRows:
 
 
 # ---------------------------------------------------------------- loading
-def looks_like_path(source: str) -> bool:
-    """True when `source` can only be a local path, never a hub id.
-
-    `config.looks_like_local_path` (`./x`, `/x`, `~/x`, `x.parquet`), plus: a backslash or a leading dot, a data
-    file suffix (`FILE_SUFFIXES`), anything the hub would refuse as a repo id (two or more `/`, spaces, ...), or
-    `a/b` whose first part exists here (a mistyped file in an existing folder).
-    """
-    if looks_like_local_path(source) or "\\" in source or source.startswith("."):
-        return True
-    if Path(source).suffix.lower() in FILE_SUFFIXES:
-        return True
-    try:
-        validate_repo_id(source)
-    except HFValidationError:
-        return True
-    head = source.split("/")[0]
-    return "/" in source and any(folder.exists() for folder in _local_candidates(head))
-
-
 def _local_candidates(source: str) -> list[Path]:
     """Where a local `source` may be: as given (relative to cwd), then relative to the project root, where
     config validation looks (notebooks run with cwd `notebooks/`)."""
@@ -139,7 +116,7 @@ def load_raw(source: str, split: str = "train") -> datasets.Dataset:
     source = str(source)
     local = next((path for path in _local_candidates(source) if path.exists()), None)
     if local is None:
-        if looks_like_path(source):
+        if looks_like_local_path(source):
             raise DataError(_missing_path_message(source))
         return _load_hub(source, split)
     if local.is_dir():

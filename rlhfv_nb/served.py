@@ -40,6 +40,7 @@ from tqdm.auto import tqdm
 from rlhfv_nb.config import ServedConfig
 from rlhfv_nb.data import DataError, image_bytes
 from rlhfv_nb.generate import AnswersFile, GenerationSettings, answer_record, answers_header, header_key
+from rlhfv_nb.retry import retry_delay
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -163,21 +164,12 @@ class ServedBackend:
                 if attempt == self.max_retries:
                     raise ServedUnavailable(f"{what}: no answer from {self.base_url} after {attempt + 1} "
                                             f"attempts: {problem}") from err
-                wait = self._delay(attempt, err)
+                wait = retry_delay(err, attempt, self.backoff_s, self.max_backoff_s)
                 log.warning("%s: %s (attempt %d of %d), retrying in %.1fs", what, problem, attempt + 1,
                             self.max_retries + 1, wait)
                 if stop.wait(wait):
                     raise ServedError(f"{what}: stopped, another request failed") from err
         raise AssertionError("unreachable")
-
-    def _delay(self, attempt: int, err: Exception) -> float:
-        response = getattr(err, "response", None)
-        retry_after = response.headers.get("retry-after") if response is not None else None
-        try:
-            wait = float(retry_after) if retry_after is not None else self.backoff_s * 2**attempt
-        except ValueError:
-            wait = self.backoff_s * 2**attempt
-        return min(wait, self.max_backoff_s)
 
     def _served_model(self, model_path: str | None) -> str:
         cards = list(self._call("listing models", self._client.models.list).data)

@@ -379,7 +379,7 @@ def no_hub(monkeypatch):
     "data\\pairs", ".hidden", "my pairs",
 ])
 def test_a_missing_path_is_an_error_not_a_hub_lookup(tmp_path, monkeypatch, no_hub, source):
-    from rlhfv_nb.data import looks_like_path
+    from rlhfv_nb.config import looks_like_local_path as looks_like_path
 
     monkeypatch.chdir(tmp_path)
     (tmp_path / "data").mkdir()
@@ -399,7 +399,7 @@ def test_a_missing_path_suggests_close_names(tmp_path, monkeypatch, no_hub):
 @pytest.mark.parametrize("source", ["openbmb/RLHF-V-Dataset", "openbmb/RLAIF-V-Dataset", "owner/dclm-baseline-1.0",
                                     "squad"])
 def test_a_hub_id_goes_to_the_hub(tmp_path, monkeypatch, no_hub, source):
-    from rlhfv_nb.data import looks_like_path
+    from rlhfv_nb.config import looks_like_local_path as looks_like_path
 
     monkeypatch.chdir(tmp_path)
     assert not looks_like_path(source)

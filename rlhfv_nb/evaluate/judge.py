@@ -52,6 +52,7 @@ import httpx
 import openai
 
 from rlhfv_nb.files import write_json
+from rlhfv_nb.retry import retry_delay
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -359,7 +360,7 @@ class JudgeClient:
                 self._usage.add(failures=1)
                 return JudgeReply(None, self.model, error=f"gave up after {attempt + 1} attempts: {problem}")
             self._usage.add(retries=1)
-            if self._stop.wait(self._delay(attempt, problem)):
+            if self._stop.wait(retry_delay(problem, attempt, self.backoff_s, self.max_backoff_s)):
                 self._check_open()
         raise AssertionError("unreachable")
 
@@ -370,15 +371,6 @@ class JudgeClient:
         except ValueError:
             return False
         return True
-
-    def _delay(self, attempt: int, err: Exception) -> float:
-        response = getattr(err, "response", None)
-        retry_after = response.headers.get("retry-after") if response is not None else None
-        try:
-            wait_s = float(retry_after) if retry_after is not None else self.backoff_s * 2**attempt
-        except ValueError:
-            wait_s = self.backoff_s * 2**attempt
-        return min(wait_s, self.max_backoff_s)
 
     # -- circuit breaker ---------------------------------------------------------------------------
     def _check_open(self) -> None:
