@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 from dataclasses import dataclass
 from typing import Any
 
@@ -43,8 +44,14 @@ def _flatten(values: dict[str, Any], prefix: str = "") -> dict[str, Any]:
 
 
 def stage_values(cfg: Config, stage: str) -> dict[str, Any]:
-    """The dotted config values `stage` depends on (paths made portable: a moved run folder stays done)."""
+    """The dotted config values `stage` depends on (paths made portable: a moved run folder stays done).
+
+    Evaluation also depends on whether the judge's key is set (judged benchmarks and Object HalBench's LLM
+    extraction run only then): a run with a key after one without re-runs it. The key itself is never recorded.
+    """
     flat = _flatten(portable(cfg.to_dict(), cfg.run_path))
+    if stage == "04_evaluate":
+        flat["evaluation.judge.key_set"] = bool(os.environ.get(cfg.evaluation.judge.api_key_env))
     prefixes = STAGE_KEYS[stage]
     return {key: value for key, value in flat.items()
             if any(key == p or key.startswith(p + ".") for p in prefixes)}

@@ -104,6 +104,17 @@ def test_stage_status_names_changed_keys_and_re_run_inputs(tmp_path: Path) -> No
     assert stage_status(cfg, "02_sft").changes == ("01_data was re-run since",)
 
 
+def test_evaluation_reruns_once_a_judge_key_is_set(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("JUDGE_KEY_FOR_TEST", raising=False)
+    cfg = load_config(PARAMS, run_dir=str(tmp_path), evaluation={"judge": {"api_key_env": "JUDGE_KEY_FOR_TEST"}})
+    for stage in ("01_data", "02_sft", "03_ddpo", "04_evaluate"):
+        write_manifest(cfg, stage)
+    assert stage_status(cfg, "04_evaluate").done
+    monkeypatch.setenv("JUDGE_KEY_FOR_TEST", "secret-value")
+    assert stage_status(cfg, "04_evaluate").changes == ("evaluation.judge.key_set: False -> True",)
+    assert "secret-value" not in (tmp_path / "stages" / "04_evaluate.json").read_text()
+
+
 def test_a_failing_stage_names_the_cell_and_keeps_earlier_work(tmp_path: Path) -> None:
     overrides = {**SMALL, "run_dir": str(tmp_path)}
     runner.run(PARAMS, only=["01"], overrides=overrides, progress=False)
