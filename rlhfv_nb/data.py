@@ -3,7 +3,8 @@
 Normalised preference rows: `uid`, `image` (encoded bytes), `question`, `chosen`, `rejected`,
 `source` (JSON of the origin ids). Normalised SFT rows: `uid`, `image`, `question`, `answer`.
 Both RLHF-V-Dataset (a `text` JSON column) and RLAIF-V-Dataset (plain columns) are read, from a hub
-id or a local parquet file/folder, through the same `datasets` loader.
+id or a local parquet file/folder, through the same `datasets` loader; other formats (TRL, LLaMA-Factory,
+JSON/JSONL with image files) are converted to the flat schema by `rlhfv_nb.adapters` and checked the same way.
 
 Whole-file problems (a missing path, an empty or non-parquet file, columns of no known schema, no valid
 row) raise `DataError` naming the file; bad rows are reported by reason and id (`BadRows`) or raise naming
@@ -49,6 +50,7 @@ SFT_SCHEMAS = {
 }
 DEFAULT_MAX_IMAGE_PIXELS = DataConfig.max_image_pixels
 PARQUET_MAGIC = b"PAR1"
+ROW_ERROR = "row_error"  # set by `rlhfv_nb.adapters` on a row it could not convert: the bad row's reason
 
 
 class DataError(ValueError):
@@ -104,21 +106,40 @@ def _local_candidates(source: str) -> list[Path]:
     return candidates
 
 
-def load_raw(source: str, split: str = "train") -> datasets.Dataset:
-    """A dataset from a hub id, a parquet file or a folder of parquet files, images left encoded.
+def _existing(source: str) -> Path | None:
+    """The first of `_local_candidates(source)` that exists."""
+    return next((path for path in _local_candidates(source) if path.exists()), None)
 
-    A local path that does not exist, an empty, non-parquet, truncated or unreadable file, a folder whose files
-    have different columns, and a dataset without rows raise `DataError` naming the file and the problem;
-    a hub id that is not a local file or folder is loaded from the hub.
+
+def load_raw(source: str, split: str = "train") -> datasets.Dataset:
+    """A dataset from a hub id, a parquet file or folder, or a format of `rlhfv_nb.adapters` (TRL, LLaMA-Factory
+    `dataset_info.json[#name]`, JSON/JSONL with image files), images left encoded.
+
+    Data in a schema of this module is returned as it is; other formats are converted to the flat schema, a row
+    that cannot be converted keeping its reason in `ROW_ERROR` (a bad row for the normalisers). A local path
+    that does not exist, an empty, unreadable or invalid file, a folder whose files have different columns, and
+    a dataset without rows raise `DataError` naming the file and the problem; a hub id that is not a local file
+    or folder is loaded from the hub.
     """
+    from rlhfv_nb import adapters  # lazily: adapters imports this module
+
     if not str(source).strip():
         raise DataError("data source is an empty string: give a hub id or a local parquet file or folder")
     source = str(source)
-    local = next((path for path in _local_candidates(source) if path.exists()), None)
+    local, name = _existing(source), None
+    if local is None:  # perhaps `path#name`
+        path, name = adapters.split_dataset_name(source)
+        local = _existing(path) if name else None
     if local is None:
         if looks_like_local_path(source):
-            raise DataError(_missing_path_message(source))
-        return _load_hub(source, split)
+            raise DataError(_missing_path_message(path))
+        return adapters.flatten(_load_hub(source, split), base=None)
+    return adapters.load_local(local, name, source)
+
+
+def load_parquet(local: Path, source: str) -> datasets.Dataset:
+    """A parquet file, or all parquet files under a folder, images left encoded; `DataError` naming the file for
+    an empty, non-parquet, truncated or unreadable file, files with different columns, or no rows."""
     if local.is_dir():
         files = sorted(path for path in local.rglob("*.parquet") if path.is_file())
         if not files:
@@ -210,7 +231,7 @@ def _describe_start(head: bytes) -> str:
     if head.startswith(b"version https://git-lfs"):
         return "it is a Git LFS pointer, not the data: fetch the file with `git lfs pull`"
     if text[:1] in (b"{", b"["):
-        return "it looks like JSON; only parquet files (or a folder of them) are read"
+        return "it looks like JSON; JSON rows are read from files named .json or .jsonl"
     if text[:1] == b"<":
         return "it looks like HTML/XML, perhaps an error page saved by a failed download"
     kinds = {b"PK\x03\x04": "a zip archive", b"\x1f\x8b": "gzip data", b"\x89PNG": "a PNG image",
@@ -333,6 +354,8 @@ def _normalise(
     for index, row in enumerate(ds):
         row_id = _row_id(row, index)
         try:
+            if row.get(ROW_ERROR):
+                raise DataError(row[ROW_ERROR])
             fields = parse(row)
             data = image_bytes(row.get("image"))
             decode_image(data, max_image_pixels)  # as training will decode it

@@ -295,7 +295,7 @@ def _good_parquet_bytes(tmp_path) -> bytes:
 @pytest.mark.parametrize("name, content, expected", [
     ("empty.parquet", b"", "file is empty (0 bytes), not a parquet file"),
     ("pairs.parquet", b'[{"question": "q", "chosen": "a", "rejected": "b"}]', "not a parquet file (it looks like JSON"),
-    ("pairs.json", b'{"question": "q"}\n', "not a parquet file (it looks like JSON"),
+    ("pairs.json", b'{"question": "q"}\n', "columns match no known dataset schema: found columns ['question']"),
     ("notes.parquet", b"just some text\n", "not a parquet file (it starts with b'just some text"),
     ("lfs.parquet", b"version https://git-lfs.github.com/spec/v1\noid sha256:abc\nsize 12\n",
      "not a parquet file (it is a Git LFS pointer"),
