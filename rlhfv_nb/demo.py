@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import html
 import json
+import sys
 import tempfile
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
@@ -20,7 +21,7 @@ from PIL import Image, UnidentifiedImageError
 
 from rlhfv_nb import pipeline, world_eval
 from rlhfv_nb.compare import Answerer, load_answerers
-from rlhfv_nb.config import Config, DemoConfig
+from rlhfv_nb.config import Config, DemoConfig, looks_like_local_path, project_root
 from rlhfv_nb.data import DataError, decode_image
 from rlhfv_nb.display import answers_html
 from rlhfv_nb.evaluate.chair import ChairVocabulary, extract_mentions
@@ -31,7 +32,12 @@ from rlhfv_nb.world import Scene
 HALLUCINATED, PRESENT, UNJUDGED = "hallucinated", "in the image", "object (not judged)"
 COLORS = {HALLUCINATED: "#f87171", PRESENT: "#86efac", UNJUDGED: "#d1d5db"}
 QUEUE_SIZE = 32  # waiting requests beyond this are refused with "queue full"
-CSS = "#image img { image-rendering: pixelated; width: 100%; height: 100%; object-fit: contain; }"  # tiny images
+CSS = (
+    "#image img { image-rendering: pixelated; width: 100%; height: 100%; object-fit: contain; }"  # tiny images
+    # gradio spaces a highlighted token from its neighbours (margins 4 px left, 8 px right) on top of the text's own
+    # spaces, which read as stray spaces ("tent  is", "ring ."): the answers keep only the text's
+    " [id^='answer-'] .token.highlighted { margin: 0 !important; padding: 0 1px !important; }"
+)
 INTRO = f"""# RLHF-V: SFT vs DDPO
 Upload an image (or pick an example below), ask a question, and both models answer side by side.
 Object mentions are marked: <span style="background:{COLORS[HALLUCINATED]}">{HALLUCINATED}</span> (not in the
@@ -45,6 +51,36 @@ Spans = list[tuple[str, str | None]]
 
 class DemoInputError(ValueError):
     """An input the demo refuses; the message is meant for the user."""
+
+
+class MissingModel(FileNotFoundError):
+    """A model folder the demo would serve does not exist; the message names the stage or option that makes it."""
+
+
+MADE_BY = {"SFT": "02_sft", "DDPO": "03_ddpo"}  # the stage whose notebook writes the run's model of that name
+
+
+def check_models(paths: Mapping[str, str], made_by: Mapping[str, str], params: str) -> None:
+    """`MissingModel` naming every local model folder of `paths` that does not exist, before any hub access.
+
+    A path that can only be local (`config.looks_like_local_path`: absolute, `./x`, `a/b/c`, ...) is never
+    tried as a hub id. The run's own folders (the names in `made_by`) are named with the stage that makes them
+    and the command that runs it for the params file `params`; other paths with the option that gave them.
+    """
+    absent = [name for name, path in paths.items() if looks_like_local_path(str(path)) and not Path(path).exists()]
+    if not absent:
+        return
+    missing = [f"{name} model {_shown(paths[name])} (stage {made_by[name]} makes it)" if name in made_by
+               else f"{name} model {paths[name]} (given with --{name.lower()})" for name in absent]
+    hint = (f"; run `rlhfv-nb run {params} --only 01,02,03` first (finished stages are skipped) or pass "
+            "--sft/--ddpo" if set(absent) & set(made_by) else "")
+    raise MissingModel(f"no such folder: {'; '.join(missing)}{hint}")
+
+
+def _shown(path: str | Path) -> str:
+    """`path` relative to the project when it lies in it (as the params name run folders), else as given."""
+    resolved = Path(path).resolve()
+    return str(resolved.relative_to(project_root())) if resolved.is_relative_to(project_root()) else str(path)
 
 
 @dataclass(frozen=True)
@@ -152,10 +188,16 @@ class Demo:
     examples: list[Example]
 
     @classmethod
-    def from_config(cls, cfg: Config, sft: str | None = None, ddpo: str | None = None) -> Demo:
-        """The run's SFT and DDPO models (or the given paths/hub ids), its world vocabulary and examples, COCO's."""
-        paths = {"SFT": sft or pipeline.sft_model_path(cfg),
-                 "DDPO": ddpo or str(cfg.layout.ddpo(cfg.ddpo.gamma).final)}
+    def from_config(cls, cfg: Config, sft: str | None = None, ddpo: str | None = None,
+                    params: str | None = None) -> Demo:
+        """The run's SFT and DDPO models (or the given paths/hub ids), its world vocabulary and examples, COCO's.
+
+        A missing model folder raises `MissingModel` before anything loads; `params` (the params file) goes into
+        its hint.
+        """
+        paths = {"SFT": sft or pipeline.sft_model_path(cfg), "DDPO": ddpo or str(cfg.layout.ddpo(cfg.ddpo.gamma).final)}
+        made_by = {name: MADE_BY[name] for name, given in (("SFT", sft), ("DDPO", ddpo)) if not given}
+        check_models(paths, made_by, params or f"params/{cfg.name}.yaml")
         vocabularies = {"coco": ChairVocabulary.coco()}
         if cfg.layout.world_synonyms.exists():
             world = world_eval.world_vocabulary(cfg)
@@ -230,9 +272,35 @@ class Demo:
         return app.queue(default_concurrency_limit=1, max_size=QUEUE_SIZE)
 
     def launch(self, **kwargs: Any) -> gr.Blocks:
-        """Serve the app on `demo.host:demo.port` with the upload limit; `kwargs` go to `Blocks.launch`."""
+        """Serve the app on `demo.host:demo.port` with the upload limit; `kwargs` go to `Blocks.launch`.
+
+        Prints where it is served in our words (gradio's would tell a CLI user to edit `launch()`), then, as
+        gradio does, blocks a script until interrupted unless `prevent_thread_lock`.
+        """
         app = self.blocks()
+        quiet = kwargs.pop("quiet", False)
+        block = not kwargs.pop("prevent_thread_lock", False) and not _interactive()
         options: Mapping[str, Any] = dict(server_name=self.cfg.host, server_port=self.cfg.port, share=self.cfg.share,
                                           max_file_size=int(self.cfg.max_upload_mb * 2**20), css=CSS)
-        app.launch(**{**options, **kwargs})
+        app.launch(**{**options, **kwargs, "quiet": True, "prevent_thread_lock": True})
+        if not quiet:
+            print(served_message(app.local_url, app.share_url, kwargs.get("share", self.cfg.share)), flush=True)
+        if block:
+            app.block_thread()
         return app
+
+
+def served_message(local_url: str, share_url: str | None, share: bool = False) -> str:
+    """Where the demo answers, and how to get (or what it means to have) a public link."""
+    if share_url:
+        return (f"demo: {local_url} and {share_url} (public: anyone with the link can use the models; "
+                "it lasts up to a week). Stop with Ctrl+C.")
+    if share:
+        return f"demo: {local_url} only: the public link could not be made (gradio's reason above). Stop with Ctrl+C."
+    return (f"demo: {local_url} (this machine only; for a public gradio.live link add --share to `rlhfv-nb demo`, "
+            "or set demo.share: true in the params). Stop with Ctrl+C.")
+
+
+def _interactive() -> bool:
+    """True in a notebook or a Python prompt, where `launch` returns at once (as gradio decides)."""
+    return bool(getattr(sys, "ps1", sys.flags.interactive))

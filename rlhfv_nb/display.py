@@ -44,14 +44,43 @@ def correction_html(rejected: str, chosen: str) -> tuple[str, str]:
 
 
 def marked_html(text: str, spans: Iterable[tuple[int, int]], style: str = HALLUCINATED) -> str:
-    """`text` with the character spans (e.g. hallucinated object mentions) highlighted."""
+    """`text` with the character spans (e.g. hallucinated object mentions) highlighted.
+
+    Overlapping spans are merged and white space at a span's edges stays outside the highlight, so a marked
+    word reads like the text around it ("a <mark>tent</mark> is"), never with a highlighted space.
+    """
     out, last = [], 0
-    for start, end in sorted(spans):
+    for start, end in _merged(_trimmed(text, spans)):
         out.append(html.escape(text[last:start]))
         out.append(f'<span style="{style}">{html.escape(text[start:end])}</span>')
         last = end
     out.append(html.escape(text[last:]))
     return "".join(out)
+
+
+def _trimmed(text: str, spans: Iterable[tuple[int, int]]) -> list[tuple[int, int]]:
+    """The spans, clipped to `text`, without the white space at their edges; empty ones dropped."""
+    kept = []
+    for start, end in spans:
+        start, end = max(0, start), min(len(text), end)
+        while start < end and text[start].isspace():
+            start += 1
+        while end > start and text[end - 1].isspace():
+            end -= 1
+        if start < end:
+            kept.append((start, end))
+    return kept
+
+
+def _merged(spans: list[tuple[int, int]]) -> list[tuple[int, int]]:
+    """Sorted spans with the overlapping ones joined."""
+    merged: list[tuple[int, int]] = []
+    for start, end in sorted(spans):
+        if merged and start < merged[-1][1]:
+            merged[-1] = (merged[-1][0], max(end, merged[-1][1]))
+        else:
+            merged.append((start, end))
+    return merged
 
 
 def table_html(headers: Sequence[str], rows: Iterable[Sequence[str]]) -> str:
@@ -79,19 +108,71 @@ def answers_html(rows: Iterable[dict[str, Any]], columns: Sequence[str]) -> str:
                       ([image_html(r["image"]), html.escape(r["question"]), *[r[c] for c in columns]] for r in rows))
 
 
-def plot_curves(logs: dict[str, list[dict[str, Any]]], keys: Sequence[str], title: str = ""):
-    """One panel per logged key, one line per run (e.g. {"DDPO": records, "DPO": records})."""
+SUMMARY_KEYS = ("train_runtime", "train_loss")  # the Trainer's end-of-training record, not a logging step
+
+
+def step_records(records: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
+    """A Trainer log's records of logging steps, without the end-of-training summary.
+
+    The summary comes at the last step, and `DDPOTrainer.log` adds to it the metrics of the steps since the
+    last logging step: a shorter window, in which an epoch's last, smaller batch weighs as much as a full one.
+    Drawn as the curve's last point it made a spike. (The logging steps' windows cover `logging_steps` steps
+    each, but the first: `logging_first_step` logs step 1 alone.)
+    """
+    return [r for r in records if not any(key in r for key in SUMMARY_KEYS)]
+
+
+def last_logged(records: Iterable[dict[str, Any]], keys: Sequence[str]) -> dict[str, float | None]:
+    """Each key's value at the last logging step that logged it (None if none did)."""
+    steps = step_records(records)
+    return {key: next((r[key] for r in reversed(steps) if key in r), None) for key in keys}
+
+
+def plot_curves(logs: dict[str, list[dict[str, Any]]], keys: Sequence[str], title: str = "",
+                titles: dict[str, str] | None = None):
+    """One panel per logged key, one line per run (e.g. {"DDPO": records, "DPO": records}).
+
+    Panels are titled by `titles` (default: the key); one legend for the figure, outside the panels.
+    """
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, len(keys), figsize=(4 * len(keys), 3), squeeze=False)
+    titles = titles or {}
+    fig, axes = plt.subplots(1, len(keys), figsize=(4 * len(keys), 3.2), squeeze=False, layout="constrained")
     for ax, key in zip(axes[0], keys):
         for label, records in logs.items():
-            points = [(r["step"], r[key]) for r in records if key in r]
+            points = [(r["step"], r[key]) for r in step_records(records) if key in r]
             if points:
                 ax.plot(*zip(*points), label=label)
-        ax.set_title(key)
+        ax.set_title(titles.get(key, key), fontsize="medium")
         ax.set_xlabel("step")
-        ax.legend()
-    fig.suptitle(title)
-    fig.tight_layout()
+    handles, labels = axes[0][0].get_legend_handles_labels()
+    if len(handles) > 1:
+        fig.legend(handles, labels, loc="outside right upper", frameon=False)
+    if title:
+        fig.suptitle(title)
+    return fig
+
+
+def plot_ddpo(logs: dict[str, list[dict[str, Any]]], sft_weight: float) -> tuple[Any, Any]:
+    """DDPO's curves: the loss, accuracy and margin of the rewards, then the rewards and log-probs themselves.
+
+    Trainer's `loss` (its log records' and progress lines') is what it minimises, `DDPOTrainer.compute_loss`:
+    `ddpo_loss - sft_weight * S(chosen)`. With an SFT term it is drawn beside the DDPO term alone, each titled so.
+    """
+    titles = {"loss": f"loss = ddpo_loss - {sft_weight:g}·S(chosen)", "ddpo_loss": "ddpo_loss = -log σ(β·margin)"}
+    losses = ["loss", "ddpo_loss"] if sft_weight else ["ddpo_loss"]
+    return (plot_curves(logs, [*losses, "rewards/accuracies", "rewards/margins"], "DDPO training", titles),
+            plot_curves(logs, ["rewards/chosen", "rewards/rejected", "logps/rejected"]))
+
+
+def bar_chart(table: Any, columns: Sequence[str], title: str, ylabel: str = "%"):
+    """Grouped bars: one group per row of `table` (a model), one bar per column, the legend beside the axes."""
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(8, 3.2), layout="constrained")
+    table[list(columns)].astype(float).plot.bar(ax=ax, rot=0, legend=False)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title, fontsize="medium")
+    ax.margins(y=0.1)
+    fig.legend(loc="outside right upper", frameon=False)
     return fig

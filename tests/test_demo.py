@@ -16,19 +16,24 @@ from gradio_client import Client, handle_file
 from gradio_client.exceptions import AppError
 from PIL import Image
 
-from rlhfv_nb.cli import build_parser
+from rlhfv_nb.cli import build_parser, main
 from rlhfv_nb.compare import load_answerers
-from rlhfv_nb.config import DemoConfig
+from rlhfv_nb.config import DemoConfig, load_config
 from rlhfv_nb.data import decode_image
 from rlhfv_nb.demo import (
+    COLORS,
+    CSS,
     HALLUCINATED,
     PRESENT,
     UNJUDGED,
     Demo,
     DemoInputError,
+    MissingModel,
+    check_models,
     ground_truth,
     highlight,
     read_image,
+    served_message,
     verdict,
 )
 from rlhfv_nb.evaluate.chair import ChairVocabulary
@@ -252,3 +257,94 @@ def test_notebook_previews_and_does_not_serve(run, tmp_path):
 def test_cli_demo_arguments():
     args = build_parser().parse_args(["demo", "params/cpu-tiny.yaml", "--sft", "a", "--port", "9000", "--share"])
     assert (args.command, args.sft, args.ddpo, args.port, args.share) == ("demo", "a", None, 9000, True)
+
+
+# ---------------------------------------------------------------- before training, and the CLI's words
+def test_cli_demo_before_training_names_the_missing_folders_in_one_line(tmp_path, capsys):
+    params = tmp_path / "tiny.yaml"
+    params.write_text(f"extends: {ROOT / 'params' / 'cpu-tiny.yaml'}\nrun_dir: {tmp_path / 'run'}\n")
+    assert main(["demo", str(params)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "Traceback" not in err and "Repo id" not in err
+    assert f"SFT model {tmp_path / 'run' / 'sft' / 'final'} (stage 02_sft makes it)" in err
+    assert f"DDPO model {tmp_path / 'run' / 'ddpo' / 'gamma5' / 'final'} (stage 03_ddpo makes it)" in err
+    assert f"`rlhfv-nb run {params} --only 01,02,03`" in err
+
+
+def test_a_real_preset_is_checked_before_any_hub_access(tmp_path):
+    """full-8xa100's SFT model is the base's hub id (not checked); its DDPO folder does not exist yet."""
+    cfg = load_config(ROOT / "params" / "full-8xa100.yaml", run_dir=str(tmp_path / "run"))
+    with pytest.raises(MissingModel) as missing:
+        Demo.from_config(cfg, params="params/full-8xa100.yaml")
+    message = str(missing.value)
+    assert "DDPO model" in message and "gamma1.1/final (stage 03_ddpo makes it)" in message
+    assert "SFT" not in message.split(";")[0] and "llava-hf" not in message
+    assert "`rlhfv-nb run params/full-8xa100.yaml --only 01,02,03`" in message
+
+
+def test_given_folders_are_checked_and_hub_ids_left_to_the_hub(tmp_path):
+    check_models({"SFT": "llava-hf/llava-1.5-7b-hf", "DDPO": str(tmp_path)}, {}, "p.yaml")  # nothing missing
+    with pytest.raises(MissingModel, match=r"^no such folder: DDPO model \./nowhere/final \(given with --ddpo\)$"):
+        check_models({"SFT": "llava-hf/llava-1.5-7b-hf", "DDPO": "./nowhere/final"}, {"SFT": "02_sft"}, "p.yaml")
+
+
+def test_launch_names_the_cli_option_for_a_share_link(demo, capsys):
+    app = demo.launch(server_port=free_port(), prevent_thread_lock=True)
+    try:
+        out = capsys.readouterr().out
+    finally:
+        app.close()
+    assert f"demo: {app.local_url} (this machine only" in out and "add --share to `rlhfv-nb demo`" in out
+    assert "share=True" not in out and "launch()" not in out
+
+
+def test_the_served_message_says_what_a_share_link_means_or_why_there_is_none():
+    assert "public: anyone with the link" in served_message("http://127.0.0.1:7860/", "https://x.gradio.live", True)
+    assert "could not be made" in served_message("http://127.0.0.1:7860/", None, share=True)
+
+
+# ---------------------------------------------------------------- highlighted words in the browser
+@pytest.fixture(scope="module")
+def chromium(tmp_path_factory):
+    from test_demo_browser import CHROMEDRIVER, CHROMIUM, FLAGS
+
+    if not (Path(CHROMIUM).exists() and Path(CHROMEDRIVER).exists()):
+        pytest.skip("needs headless Chromium: apt-get install -y chromium chromium-driver")
+    webdriver = pytest.importorskip("selenium.webdriver")
+    from selenium.webdriver.chrome.service import Service
+
+    options = webdriver.ChromeOptions()
+    options.binary_location = CHROMIUM
+    for flag in [*FLAGS, f"--user-data-dir={tmp_path_factory.mktemp('chromium-profile')}"]:
+        options.add_argument(flag)
+    driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
+    yield driver
+    driver.quit()
+
+
+GAPS = """return [...document.querySelectorAll('#answer-0 .token.highlighted')].map(token => {
+  const box = token.getBoundingClientRect(), container = token.closest('.token-container');
+  const prev = container.previousElementSibling.getBoundingClientRect();
+  const next = container.nextElementSibling.getBoundingClientRect();
+  return [token.textContent.trim(), Math.round(box.left - prev.right), Math.round(next.left - box.right)];
+});"""
+
+
+def _gaps(driver, css: str | None) -> list[list]:
+    """Pixels between each highlighted word and the text beside it, as the demo's answer box shows them."""
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    spans = [("A red ", None), ("tent", HALLUCINATED), (" is near a ", None), ("ring", PRESENT), (".", None)]
+    with gr.Blocks() as page:
+        gr.HighlightedText(spans, color_map=COLORS, show_legend=True, elem_id="answer-0")
+    page.launch(server_port=free_port(), prevent_thread_lock=True, quiet=True, css=css)
+    try:
+        driver.get(page.local_url)
+        return WebDriverWait(driver, 30).until(lambda d: d.execute_script(GAPS))
+    finally:
+        page.close()
+
+
+def test_highlighted_words_sit_in_the_text_without_extra_space(chromium):
+    assert _gaps(chromium, CSS) == [["tent", 0, 0], ["ring", 0, 0]]  # the text's own spaces only
+    assert all(left > 0 and right > 0 for _, left, right in _gaps(chromium, None))  # gradio's margins, undone

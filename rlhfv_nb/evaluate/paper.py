@@ -5,6 +5,8 @@ All values are percent. Object HalBench and MMHal hallucination: lower is better
 
 from __future__ import annotations
 
+import html
+
 import pandas as pd
 
 RESP = "ObjHal Resp. (CHAIRs_refine)"
@@ -42,3 +44,18 @@ def paper_table() -> pd.DataFrame:
     table = pd.DataFrame.from_dict(rows, orient="index")
     table.attrs["note"] = NOTE
     return table
+
+
+def paper_table_html(table: pd.DataFrame | None = None) -> str:
+    """`paper_table()` for reading: blanks where a paper reports no number, each source named once, as a numbered
+    footnote marked after the model, then the note on judges."""
+    table = paper_table() if table is None else table
+    sources = list(dict.fromkeys(table["source"]))
+    marks = {model: sources.index(source) + 1 for model, source in table["source"].items()}
+    numbers = table.drop(columns="source").rename(index=lambda model: f"{model} [{marks[model]}]")
+    styled = numbers.style.set_uuid("paper").format(precision=1, na_rep="").set_table_styles(
+        [{"selector": "th.col_heading", "props": "text-align: right; vertical-align: bottom"},
+         {"selector": "td", "props": "text-align: right"}])
+    notes = "".join(f"<li>{html.escape(source)}</li>" for source in sources)
+    return (f"{styled.to_html()}<ol style='font-size:smaller'>{notes}</ol>"
+            f"<p style='font-size:smaller'>All values in percent. {html.escape(table.attrs.get('note', ''))}.</p>")
