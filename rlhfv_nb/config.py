@@ -240,6 +240,21 @@ class LaunchConfig:
 
 
 @dataclass
+class TrackingConfig:
+    """Experiment trackers the SFT and DDPO Trainers report to (their loss, rewards and lr records).
+
+    `report_to`: "none", or transformers' integration names (tensorboard, trackio, wandb, mlflow, ...), each
+    needing its package; TensorBoard writes under `<training folder>/tensorboard` (`<run>/sft/tensorboard`).
+    `project`: Trackio's project (null: transformers' default; W&B reads `WANDB_PROJECT`). Each training is named
+    `sft`, `ddpo-gamma5`, ..., after `run_name/` when set. Not a stage input: changing it re-runs nothing.
+    """
+
+    report_to: str | list[str] = "none"
+    project: str | None = None
+    run_name: str | None = None
+
+
+@dataclass
 class Config:
     """All parameters of one run; `run_dir` holds every artifact the stages write."""
 
@@ -254,6 +269,7 @@ class Config:
     evaluation: EvalConfig = field(default_factory=EvalConfig)
     demo: DemoConfig = field(default_factory=DemoConfig)
     launch: LaunchConfig = field(default_factory=LaunchConfig)
+    tracking: TrackingConfig = field(default_factory=TrackingConfig)
 
     @property
     def run_path(self) -> Path:
@@ -377,12 +393,17 @@ def _validate(cfg: Config) -> Config:
             raise ConfigError(f"{key}: must be > 0, got {value!r}")
     if cfg.model.load_in_4bit and not cfg.model.lora.enabled:
         raise ConfigError("model.load_in_4bit: a 4-bit base cannot be trained directly; set model.lora.enabled")
+    from rlhfv_nb.adapters import split_dataset_name  # adapters -> data -> config: imported here
+
     for key, value in {"data.sft_source": cfg.data.sft_source, "data.preferences": cfg.data.preferences,
                        "launch.accelerate_config": cfg.launch.accelerate_config,
                        "evaluation.coco_dir": cfg.evaluation.coco_dir,
                        "evaluation.amber_images": cfg.evaluation.amber_images}.items():
-        if value and looks_like_local_path(value) and not (project_root() / Path(value).expanduser()).exists():
-            raise ConfigError(f"{key}: file or folder {value!r} does not exist")
+        path = split_dataset_name(value)[0] if key.startswith("data.") and value else value  # `info.json#name`
+        if path and looks_like_local_path(path) and not (project_root() / Path(path).expanduser()).exists():
+            raise ConfigError(f"{key}: file or folder {path!r} does not exist")
+    _check_benchmarks(cfg.evaluation.benchmarks)
+    _check_tracking(cfg.tracking.report_to)
     if cfg.data.world:
         from rlhfv_nb.world import WorldConfig
 
@@ -391,6 +412,32 @@ def _validate(cfg: Config) -> Config:
         except (TypeError, ValueError) as err:
             raise ConfigError(f"data.world: {err}") from err
     return cfg
+
+
+def _check_benchmarks(names: list[str]) -> None:
+    """`ConfigError` for a benchmark name stage 04 does not know, with the closest known one."""
+    from rlhfv_nb.evaluate.tasks import BUILDERS, WORLD  # lazily: tasks imports this module
+
+    known = [*BUILDERS, *WORLD]
+    for index, name in enumerate(names):
+        if name not in known:
+            close = difflib.get_close_matches(name, known, n=1)
+            hint = f"did you mean {close[0]!r}? " if close else ""
+            raise ConfigError(f"evaluation.benchmarks[{index}]: unknown benchmark {name!r} ({hint}"
+                              f"known: {', '.join(known)})")
+
+
+def _check_tracking(report_to: str | list[str]) -> None:
+    """`ConfigError` unless `report_to` is "none" or names Trainer integrations (one, or a list)."""
+    names = [report_to] if isinstance(report_to, str) else report_to
+    if names == ["none"]:
+        return
+    from transformers.integrations.integration_utils import INTEGRATION_TO_CALLBACK  # lazily: a heavy import
+
+    for name in names:
+        if name not in INTEGRATION_TO_CALLBACK:
+            raise ConfigError(f"tracking.report_to: {name!r} is not a Trainer integration (known: "
+                              f"{', '.join(sorted(INTEGRATION_TO_CALLBACK))}; 'none' stands alone)")
 
 
 # Suffixes that make a value a file name, never a hub id (hub names may hold dots: `dclm-baseline-1.0`).

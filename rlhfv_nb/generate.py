@@ -20,13 +20,13 @@ from pathlib import Path
 from typing import Any, Protocol
 
 import torch
-from tqdm.auto import tqdm
 from transformers import PreTrainedModel, ProcessorMixin
 
 from rlhfv_nb.config import Config
 from rlhfv_nb.features import encode_prompts
 from rlhfv_nb.files import read_json, read_jsonl_by, trim_torn_line, write_json
 from rlhfv_nb.modeling import load_model, load_processor
+from rlhfv_nb.progress import progress_bar
 
 
 @dataclass(frozen=True)
@@ -194,8 +194,8 @@ def generate_answers(
     try:
         with AnswersFile(out_path, answers_header(settings)) as answers:
             todo = answers.todo(items)
-            with tqdm(total=len(items), initial=len(items) - len(todo), desc="generating",
-                      disable=not progress) as bar:
+            with progress_bar(total=len(items), initial=len(items) - len(todo), desc="generating",
+                              disable=not progress) as bar:
                 for start in range(0, len(todo), batch_size):
                     chunk = todo[start : start + batch_size]
                     # Seeded per batch start so a resumed run samples what an uninterrupted one would.

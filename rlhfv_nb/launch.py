@@ -145,6 +145,8 @@ def launch_env() -> dict[str, str]:
     env["PYTHONPATH"] = os.pathsep.join(p for p in (package_root, env.get("PYTHONPATH")) if p)
     env["PYTHONUNBUFFERED"] = "1"
     env.setdefault("RLHFV_NB_QUIET", "1")  # tqdm bars through a pipe are noise; Trainer still logs each record
+    env.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    env.setdefault("HF_DATASETS_DISABLE_PROGRESS_BARS", "1")
     if not torch.cuda.is_available():
         env["ACCELERATE_USE_CPU"] = "true"
     return env

@@ -15,12 +15,12 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from tqdm.auto import tqdm
 from transformers import PreTrainedModel, ProcessorMixin
 
 from rlhfv_nb.ddpo import token_logps
 from rlhfv_nb.features import PairCollator
 from rlhfv_nb.files import file_sha256, read_jsonl_by, trim_torn_line
+from rlhfv_nb.progress import progress_bar
 
 CACHE_FORMAT = 2
 NOT_MODEL_FILES = (".md", ".txt.lock", ".lock")  # documentation and lock files do not change what a model computes
@@ -125,8 +125,8 @@ def reference_logps(
     was_training = model.training
     model.eval()
     device = next(model.parameters()).device
-    with path.open("a") as handle, tqdm(total=len(rows), initial=len(rows) - len(todo), desc="reference log-probs",
-                                         disable=not progress) as bar:
+    with path.open("a") as handle, progress_bar(total=len(rows), initial=len(rows) - len(todo),
+                                                 desc="reference log-probs", disable=not progress) as bar:
         for start in range(0, len(todo), batch_size):
             chunk = todo[start : start + batch_size]
             batch = collate(chunk)

@@ -18,7 +18,7 @@ from transformers import (
     AutoConfig,
     AutoModelForImageTextToText,
     BitsAndBytesConfig,
-    CLIPImageProcessor,
+    CLIPImageProcessorPil,
     CLIPVisionConfig,
     LlamaConfig,
     LlavaConfig,
@@ -84,7 +84,7 @@ def build_tiny_model(texts: Iterable[str], shape: TinyModelConfig, out_dir: Path
     """
     torch.manual_seed(seed)
     tokenizer = train_tokenizer(texts, shape.vocab_size)
-    image_processor = CLIPImageProcessor(
+    image_processor = CLIPImageProcessorPil(
         size={"shortest_edge": shape.image_size},
         crop_size={"height": shape.image_size, "width": shape.image_size},
         do_center_crop=True,

@@ -6,6 +6,7 @@ Notebooks call these functions; so can a script or `accelerate launch -m rlhfv_n
 
 from __future__ import annotations
 
+import dataclasses
 import gc
 import json
 import logging
@@ -181,7 +182,7 @@ def run_sft(cfg: Config) -> str:
         raise DataError(f"sft.parquet: {len(too_long)} answers exceed data.max_length "
                         f"({cfg.data.max_length}), e.g. rows {too_long[:5]}")
     model = load_model(base, cfg.model)
-    train_sft(model, processor, rows, cfg.sft, cfg.model, cfg.layout.sft.root, cfg.seed)
+    train_sft(model, processor, rows, cfg.sft, cfg.model, cfg.layout.sft.root, cfg.seed, cfg.tracking)
     return sft_model_path(cfg)
 
 
@@ -378,5 +379,6 @@ def run_ddpo(cfg: Config, rows: list[dict[str, Any]], cache: Path, gamma: float)
     processor = load_processor(path, cfg.model)
     model = load_model(path, cfg.model)
     pairs = ddpo_dataset(rows, read_cache(cache, rows), gamma, cfg.ddpo.min_match)
-    return train_ddpo(model, processor, pairs, cfg.ddpo, cfg.model, cfg.layout.ddpo(gamma).root, cfg.seed)
+    ddpo = dataclasses.replace(cfg.ddpo, gamma=gamma)  # the gamma these pairs are weighted with (an ablation's too)
+    return train_ddpo(model, processor, pairs, ddpo, cfg.model, cfg.layout.ddpo(gamma).root, cfg.seed, cfg.tracking)
 

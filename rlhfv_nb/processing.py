@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 from PIL import Image
 from transformers import AutoConfig, AutoProcessor, ProcessorMixin, SmolVLMProcessor
 from transformers.image_utils import ChannelDimension, infer_channel_dimension_format, is_scaled_image
@@ -80,6 +81,14 @@ def without_video(cls: type[ProcessorMixin]) -> type[ProcessorMixin]:
     return type(cls.__name__, (mixin, cls), {"__module__": __name__, "__doc__": mixin.__doc__})
 
 
+@functools.cache
+def _warn_if_cuda_lacks_torchvision() -> None:
+    """A warning, once per process, where CUDA is: there torchvision belongs (the CPU torch goes without it)."""
+    if torch.cuda.is_available():
+        log.warning("torchvision is not importable on this CUDA machine: processors with a video processor "
+                    "(Qwen2-VL, SmolVLM, ...) are loaded for images and text only")
+
+
 def _processor_class(path: str, trust_remote_code: bool) -> type[ProcessorMixin] | None:
     """The transformers processor class that `path`'s processor config names, else the one of its model type."""
     name = ProcessorMixin.get_processor_dict(path)[0].get("processor_class")
@@ -107,8 +116,9 @@ def load_processor(path: str | Path, trust_remote_code: bool = False, image_aspe
         log.info("Loading the processor of %s with AutoProcessor", path)
         processor = AutoProcessor.from_pretrained(path, trust_remote_code=trust_remote_code)
     else:
-        log.warning("torchvision is not importable, so %s has no video processor: loading it for images and text "
-                    "only", cls.__name__)
+        _warn_if_cuda_lacks_torchvision()
+        log.info("Loading the processor of %s as %s with no video processor (torchvision is not importable): "
+                 "images and text only", path, cls.__name__)
         processor = without_video(cls).from_pretrained(path, trust_remote_code=trust_remote_code)
     return with_image_aspect_ratio(processor, image_aspect_ratio)
 

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import logging
+import os
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -13,6 +15,7 @@ from typing import Any
 import papermill
 import yaml
 from papermill.exceptions import PapermillExecutionError
+from tqdm.contrib.logging import logging_redirect_tqdm
 
 from rlhfv_nb.config import Config, load_config, project_root
 from rlhfv_nb.files import write_text
@@ -21,6 +24,7 @@ from rlhfv_nb.layout import RunLayout
 from rlhfv_nb.lock import RunFolderBusy, exclusive
 from rlhfv_nb.manifests import stage_status
 from rlhfv_nb.portable import make_file_portable, portable
+from rlhfv_nb.progress import TRAINING_LINE
 
 
 @dataclass(frozen=True)
@@ -114,26 +118,68 @@ def _run_stages(cfg: Config, params: str | Path, all_stages: list[Stage], chosen
         write_text(layout.params, yaml.safe_dump(params_yaml, sort_keys=False))
 
 
+# The kernels' environment: their output goes to a log, not to a person (`rlhfv_nb.progress.quiet`): our bars are
+# plain text redrawn once a minute at most; transformers', the hub's and datasets' bars are off.
+KERNEL_ENV = {"RLHFV_NB_QUIET": "1", "HF_HUB_DISABLE_PROGRESS_BARS": "1", "HF_DATASETS_DISABLE_PROGRESS_BARS": "1"}
+
+
+class _ProgressLines(logging.Formatter):
+    """The message alone, without the newline the notebook's output ends with (the handler adds its own)."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        return super().format(record).rstrip("\n")
+
+
+@contextmanager
+def _environment(values: dict[str, str]) -> Iterator[None]:
+    """`os.environ` with `values` set while the block runs (the kernels papermill starts inherit it)."""
+    saved = {name: os.environ.get(name) for name in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+
+
+def _progress_handler() -> logging.Handler:
+    """A terminal handler for the training progress lines of a notebook's output."""
+    handler = logging.StreamHandler(sys.stdout)
+    handler.addFilter(lambda record: record.getMessage().startswith(TRAINING_LINE))
+    handler.setFormatter(_ProgressLines())
+    return handler
+
+
 def _execute(stage: Stage, layout: RunLayout, values: dict[str, Any], kernel: str | None, progress: bool) -> None:
-    """Run one notebook with papermill into `<run>/notebooks/`, its log into `<run>/logs/`."""
+    """Run one notebook with papermill into `<run>/notebooks/`, its output logged into `<run>/logs/`."""
     output = layout.notebook(stage.name)
     print(f"[run ] {stage.name} -> {output}", flush=True)
     started = time.time()
     for folder in (output.parent, layout.log(stage.name).parent):
         folder.mkdir(parents=True, exist_ok=True)
-    handler = logging.FileHandler(layout.log(stage.name), mode="w")
+    handlers = [logging.FileHandler(layout.log(stage.name), mode="w"), _progress_handler()]
     logger = logging.getLogger("papermill")
-    logger.addHandler(handler)
+    level = logger.level
+    logger.setLevel(logging.INFO)  # papermill logs the notebook's stdout at INFO, its stderr at WARNING
+    for handler in handlers:
+        logger.addHandler(handler)
     try:
-        papermill.execute_notebook(
-            str(stage.path), str(output), parameters=values, cwd=str(project_root()),
-            kernel_name=kernel or default_kernel(), progress_bar=progress, log_output=True,
-        )
+        # logging_redirect_tqdm: a progress line goes above papermill's cell bar, not into it
+        with _environment(KERNEL_ENV), logging_redirect_tqdm([logger]):
+            papermill.execute_notebook(
+                str(stage.path), str(output), parameters=values, cwd=str(project_root()),
+                kernel_name=kernel or default_kernel(), progress_bar=progress, log_output=True,
+            )
     except PapermillExecutionError as err:
         raise StageFailed(stage, output, err) from None
     finally:
-        logger.removeHandler(handler)
-        handler.close()
+        logger.setLevel(level)
+        for handler in handlers:
+            logger.removeHandler(handler)
+            handler.close()
         for written in (output, layout.log(stage.name)):
             if written.exists():
                 make_file_portable(written, layout.root)

@@ -35,11 +35,11 @@ from urllib.parse import urlsplit, urlunsplit
 
 import openai
 from PIL import Image
-from tqdm.auto import tqdm
 
 from rlhfv_nb.config import ServedConfig
 from rlhfv_nb.data import DataError, image_bytes
 from rlhfv_nb.generate import AnswersFile, GenerationSettings, answer_record, answers_header, header_key
+from rlhfv_nb.progress import progress_bar
 from rlhfv_nb.retry import retry_delay
 
 log = logging.getLogger(__name__)
@@ -235,8 +235,8 @@ class ServedBackend:
                     # a seed per item (its place in `items`): a resumed run asks what an uninterrupted one would
                     seed = settings.seed + position[item["id"]] if settings.do_sample else None
                     futures[pool.submit(self._answer_one, item, params, seed, stop)] = item
-                with tqdm(total=len(items), initial=len(items) - len(todo), desc=f"asking {self.model}",
-                          disable=not progress) as bar:
+                with progress_bar(total=len(items), initial=len(items) - len(todo), desc=f"asking {self.model}",
+                                  disable=not progress) as bar:
                     for future in as_completed(futures):
                         answers.add([future.result()])
                         bar.update(1)

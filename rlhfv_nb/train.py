@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import json
 import logging
-import os
+import math
+import time
 from collections import defaultdict
 from collections.abc import Sequence
 from pathlib import Path
@@ -16,15 +17,26 @@ from typing import Any
 
 import datasets
 import torch
-from transformers import PreTrainedModel, ProcessorMixin, Trainer, TrainerCallback, TrainingArguments, set_seed
+from tqdm.std import tqdm
+from transformers import (
+    PreTrainedModel,
+    PrinterCallback,
+    ProcessorMixin,
+    Trainer,
+    TrainerCallback,
+    TrainerState,
+    TrainingArguments,
+    set_seed,
+)
 from transformers.trainer_utils import get_last_checkpoint
 
-from rlhfv_nb.config import DDPOConfig, ModelConfig, TrainConfig
+from rlhfv_nb.config import DDPOConfig, ModelConfig, TrackingConfig, TrainConfig
 from rlhfv_nb.ddpo import ddpo_loss, sequence_logps, token_logps
 from rlhfv_nb.families import lora_modules, peft_modules_to_save, resolve_family
 from rlhfv_nb.features import PairCollator, SFTCollator
 from rlhfv_nb.files import trim_torn_line, write_text
 from rlhfv_nb.layout import TrainingFolder
+from rlhfv_nb.progress import TRAINING_LINE
 
 log = logging.getLogger(__name__)
 
@@ -46,10 +58,63 @@ class JsonlLogger(TrainerCallback):
             kept = [r for r in read_log(self.path) if r["step"] <= state.global_step] if state.global_step else []
             write_text(self.path, "".join(json.dumps(r) + "\n" for r in kept))
 
+    def on_step_end(self, args, state, control, **kwargs):
+        if state.global_step >= state.max_steps:
+            # the last step logs its own window, so Trainer's end-of-training summary carries no half window
+            control.should_log = True
+
     def on_log(self, args, state, control, logs=None, **kwargs):
         if state.is_world_process_zero and logs:
             with self.path.open("a") as handle:
                 handle.write(json.dumps({"step": state.global_step, "epoch": state.epoch, **logs}) + "\n")
+
+
+PROGRESS_INTERVAL = 60.0  # seconds: at most one progress line this often, besides the first and the last
+# logged key -> (shown name, format)
+PROGRESS_KEYS = {"loss": ("loss", ".4f"), "ddpo_loss": ("ddpo_loss", ".4f"),
+                 "rewards/accuracies": ("reward_acc", ".2f"), "learning_rate": ("lr", ".2e")}
+
+
+class ProgressPrinter(TrainerCallback):
+    """Prints one line per Trainer log record, at most every `interval` seconds (the first and last step always), and
+    a summary at the end: the training's label, step/total, epoch, loss (DDPO's loss and reward accuracy), lr,
+    elapsed time and ETA. On stdout, flushed, by the main process only: a notebook shows it, papermill logs it, and a
+    launched process's output stream carries it.
+    """
+
+    def __init__(self, label: str, interval: float = PROGRESS_INTERVAL):
+        self.label, self.interval = label, interval
+        self._started, self._first_step, self._printed = 0.0, 0, -math.inf
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        self._started, self._first_step, self._printed = time.monotonic(), state.global_step, -math.inf
+        resumed = f", resuming at step {state.global_step}" if state.global_step else ""
+        self._print(state, f"{state.max_steps} steps, logging every {args.logging_steps}{resumed}")
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        logs = logs or {}
+        if "train_runtime" in logs:  # Trainer's closing record
+            self._print(state, f"done: {state.global_step} steps in {tqdm.format_interval(logs['train_runtime'])}, "
+                               f"train_loss {logs.get('train_loss', math.nan):.4f}")
+            return
+        now = time.monotonic()
+        if now - self._printed < self.interval and state.global_step < state.max_steps:
+            return
+        self._printed = now
+        self._print(state, progress_line(state, logs, now - self._started, state.global_step - self._first_step))
+
+    def _print(self, state: TrainerState, text: str) -> None:
+        if state.is_world_process_zero:
+            print(f"{TRAINING_LINE} {self.label}: {text}", flush=True)
+
+
+def progress_line(state: TrainerState, logs: dict[str, Any], elapsed: float, steps_done: int) -> str:
+    """`step 10/375 epoch 0.08 loss 0.6931 lr 5.00e-04 elapsed 00:12 eta 07:30` (ETA from this session's steps)."""
+    remaining = state.max_steps - state.global_step
+    eta = tqdm.format_interval(elapsed / steps_done * remaining) if steps_done else "?"
+    values = "".join(f" {name} {logs[key]:{spec}}" for key, (name, spec) in PROGRESS_KEYS.items() if key in logs)
+    return (f"step {state.global_step}/{state.max_steps} epoch {state.epoch or 0:.2f}{values} "
+            f"elapsed {tqdm.format_interval(elapsed)} eta {eta}")
 
 
 def read_log(path: Path) -> list[dict[str, Any]]:
@@ -60,8 +125,20 @@ def read_log(path: Path) -> list[dict[str, Any]]:
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
-def training_arguments(cfg: TrainConfig, output_dir: Path, seed: int) -> TrainingArguments:
-    """Trainer arguments from a train section; checkpoints go to `output_dir/checkpoints`."""
+def trackers(tracking: TrackingConfig) -> list[str]:
+    """The integration names `tracking.report_to` lists ("none": none)."""
+    names = [tracking.report_to] if isinstance(tracking.report_to, str) else tracking.report_to
+    return [name for name in names if name != "none"]
+
+
+def training_arguments(cfg: TrainConfig, output_dir: Path, seed: int, tracking: TrackingConfig | None = None,
+                       label: str | None = None) -> TrainingArguments:
+    """Trainer arguments from a train section; checkpoints go to `output_dir/checkpoints`.
+
+    Trackers get `tracking`'s project and the run name `<tracking.run_name>/<label>`; TensorBoard is left to
+    `tracking_callbacks` (Trainer would write it under the checkpoints).
+    """
+    tracking = tracking or TrackingConfig()
     return TrainingArguments(
         output_dir=str(TrainingFolder(Path(output_dir)).checkpoints),
         num_train_epochs=cfg.epochs,
@@ -80,14 +157,28 @@ def training_arguments(cfg: TrainConfig, output_dir: Path, seed: int) -> Trainin
         save_total_limit=2,
         bf16=cfg.bf16,
         tf32=cfg.tf32 or None,
-        use_cpu=not torch.cuda.is_available(),  # bf16 autocast on CPU needs it said; no pinned memory on CPU
+        use_cpu=not torch.cuda.is_available(),  # bf16 autocast on CPU needs it said
         seed=seed,
         data_seed=seed,
         dataloader_num_workers=cfg.num_workers,
+        dataloader_pin_memory=torch.cuda.is_available(),  # pinned memory only feeds a GPU
         remove_unused_columns=False,
-        report_to="none",
-        disable_tqdm=os.environ.get("RLHFV_NB_QUIET") == "1",
+        report_to=[name for name in trackers(tracking) if name != "tensorboard"] or "none",
+        run_name="/".join(filter(None, (tracking.run_name, label))) or None,
+        project=tracking.project or TrainingArguments.project,
+        disable_tqdm=True,  # ProgressPrinter's lines, not Trainer's bar or its notebook table
     )
+
+
+def tracking_callbacks(tracking: TrackingConfig, output_dir: Path) -> list[TrainerCallback]:
+    """TensorBoard's writer, under `output_dir/tensorboard`, when `tracking` reports to it."""
+    if "tensorboard" not in trackers(tracking):
+        return []
+    from transformers.integrations import TensorBoardCallback
+
+    callback = TensorBoardCallback()
+    callback.logging_dir = str(Path(output_dir) / "tensorboard")
+    return [callback]
 
 
 def prepare_for_training(model: PreTrainedModel, cfg: ModelConfig) -> PreTrainedModel:
@@ -162,28 +253,35 @@ def _run(trainer: Trainer, output_dir: Path, processor: ProcessorMixin) -> Path:
 
 def make_trainer(trainer_cls: type[Trainer], model: PreTrainedModel, rows: datasets.Dataset, collator: Any,
                  cfg: TrainConfig, model_cfg: ModelConfig, output_dir: Path, seed: int,
-                 callbacks: Sequence[TrainerCallback] = (), **extra: Any) -> Trainer:
-    """A `trainer_cls` over the prepared model (checkpointing, k-bit, LoRA), logging to `output_dir/log.jsonl`.
+                 callbacks: Sequence[TrainerCallback] = (), label: str = "train",
+                 tracking: TrackingConfig | None = None, **extra: Any) -> Trainer:
+    """A `trainer_cls` over the prepared model (checkpointing, k-bit, LoRA), logging to `output_dir/log.jsonl`, to
+    stdout (`ProgressPrinter`, its lines named `label`) and to the trackers `tracking` names.
 
     The seed is set before the LoRA adapters are made, so their random start is the same in every run.
     """
+    tracking = tracking or TrackingConfig()
     set_seed(seed)
-    return trainer_cls(
+    trainer = trainer_cls(
         model=prepare_for_training(model, model_cfg),
-        args=training_arguments(cfg, output_dir, seed),
+        args=training_arguments(cfg, output_dir, seed, tracking, label),
         train_dataset=rows,
         data_collator=collator,
-        callbacks=[JsonlLogger(TrainingFolder(Path(output_dir)).log), *callbacks],
+        callbacks=[JsonlLogger(TrainingFolder(Path(output_dir)).log), ProgressPrinter(label),
+                   *tracking_callbacks(tracking, output_dir), *callbacks],
         **extra,
     )
+    trainer.remove_callback(PrinterCallback)  # Trainer's dict per record, added with disable_tqdm: ours replace it
+    return trainer
 
 
 def train_sft(
     model: PreTrainedModel, processor: ProcessorMixin, rows: datasets.Dataset, cfg: TrainConfig,
-    model_cfg: ModelConfig, output_dir: Path, seed: int,
+    model_cfg: ModelConfig, output_dir: Path, seed: int, tracking: TrackingConfig | None = None,
 ) -> Path:
     """Supervised fine-tuning on rows with `image`, `question`, `answer_ids`. Returns the saved model folder."""
-    trainer = make_trainer(ResumableTrainer, model, rows, SFTCollator(processor), cfg, model_cfg, output_dir, seed)
+    trainer = make_trainer(ResumableTrainer, model, rows, SFTCollator(processor), cfg, model_cfg, output_dir, seed,
+                           label="sft", tracking=tracking)
     return _run(trainer, output_dir, processor)
 
 
@@ -250,16 +348,18 @@ class DDPOTrainer(ResumableTrainer):
 
 def train_ddpo(
     model: PreTrainedModel, processor: ProcessorMixin, pairs: datasets.Dataset, cfg: DDPOConfig,
-    model_cfg: ModelConfig, output_dir: Path, seed: int,
+    model_cfg: ModelConfig, output_dir: Path, seed: int, tracking: TrackingConfig | None = None,
 ) -> Path:
     """DDPO on pairs carrying ids, dense weights and reference log-probs. Returns the saved model folder."""
-    return _run(ddpo_trainer(model, processor, pairs, cfg, model_cfg, output_dir, seed), output_dir, processor)
+    trainer = ddpo_trainer(model, processor, pairs, cfg, model_cfg, output_dir, seed, tracking)
+    return _run(trainer, output_dir, processor)
 
 
 def ddpo_trainer(
     model: PreTrainedModel, processor: ProcessorMixin, pairs: datasets.Dataset, cfg: DDPOConfig,
-    model_cfg: ModelConfig, output_dir: Path, seed: int, callbacks: Sequence[TrainerCallback] = (),
+    model_cfg: ModelConfig, output_dir: Path, seed: int, tracking: TrackingConfig | None = None,
+    callbacks: Sequence[TrainerCallback] = (),
 ) -> DDPOTrainer:
     """The DDPO trainer `train_ddpo` runs (the bench drives it itself, with its own callbacks)."""
     return make_trainer(DDPOTrainer, model, pairs, PairCollator(processor), cfg, model_cfg, output_dir, seed,
-                        callbacks, ddpo=cfg)
+                        callbacks, label=f"ddpo-gamma{cfg.gamma:g}", tracking=tracking, ddpo=cfg)
