@@ -306,18 +306,9 @@ def test_the_served_message_says_what_a_share_link_means_or_why_there_is_none():
 # ---------------------------------------------------------------- highlighted words in the browser
 @pytest.fixture(scope="module")
 def chromium(tmp_path_factory):
-    from test_demo_browser import CHROMEDRIVER, CHROMIUM, FLAGS
+    from browser import start_chromium
 
-    if not (Path(CHROMIUM).exists() and Path(CHROMEDRIVER).exists()):
-        pytest.skip("needs headless Chromium: apt-get install -y chromium chromium-driver")
-    webdriver = pytest.importorskip("selenium.webdriver")
-    from selenium.webdriver.chrome.service import Service
-
-    options = webdriver.ChromeOptions()
-    options.binary_location = CHROMIUM
-    for flag in [*FLAGS, f"--user-data-dir={tmp_path_factory.mktemp('chromium-profile')}"]:
-        options.add_argument(flag)
-    driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
+    driver = start_chromium(tmp_path_factory.mktemp("chromium-profile"))
     yield driver
     driver.quit()
 
