@@ -29,7 +29,11 @@ def _replacements(run_root: Path) -> list[tuple[str, str]]:
 
 def portable_text(text: str, run_root: Path) -> str:
     """`text` with every absolute path of the run folder, project and home folder made relative."""
-    for prefix, replacement in _replacements(run_root):
+    return _rewrite(text, _replacements(run_root))
+
+
+def _rewrite(text: str, replacements: list[tuple[str, str]]) -> str:
+    for prefix, replacement in replacements:
         if prefix.endswith(os.sep):
             text = text.replace(prefix, replacement)
         else:  # the folder itself, not a longer name that starts like it (/root vs /rootfs)
@@ -39,14 +43,16 @@ def portable_text(text: str, run_root: Path) -> str:
 
 def portable(value: Any, run_root: Path) -> Any:
     """A JSON-ready value with `portable_text` applied to every string in it (keys included)."""
-    if isinstance(value, str):
-        return portable_text(value, run_root)
-    if isinstance(value, Path):
-        return portable_text(str(value), run_root)
+    return _portable(value, _replacements(run_root))  # the folders are looked up once, not per string
+
+
+def _portable(value: Any, replacements: list[tuple[str, str]]) -> Any:
+    if isinstance(value, (str, Path)):
+        return _rewrite(str(value), replacements)
     if isinstance(value, dict):
-        return {portable(k, run_root): portable(v, run_root) for k, v in value.items()}
+        return {_portable(k, replacements): _portable(v, replacements) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
-        return [portable(v, run_root) for v in value]
+        return [_portable(v, replacements) for v in value]
     return value
 
 

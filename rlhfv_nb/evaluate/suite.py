@@ -236,7 +236,7 @@ def _evaluate_model(
             answers[task.name] = {a["id"]: a["answer"] for a in generated}
     for task in tasks:
         if task.name in answers:
-            out.update(_score(cfg, task, answers[task.name], folder / task.name, answers_path(folder / task.name, key)))
+            out.update(_score(cfg, task, answers[task.name], answers_path(folder / task.name, key)))
     return out
 
 
@@ -245,18 +245,19 @@ def answers_path(folder: Path, key: str) -> Path:
     return folder / f"answers-{key}.jsonl"
 
 
-def _unscored(metrics: dict[str, Any]) -> str | None:
-    """"<k> of <n> items not scored (...)" when some items could not be scored, else None."""
+def _status(metrics: dict[str, Any]) -> str:
+    """"ok"; "partial: <k> of <n> items not scored (...)" when some items could not be scored; "failed: scoring:
+    ..." when none could."""
     failed = metrics.get("n_failed", 0) + metrics.get("n_extraction_failed", 0)
     if not failed:
-        return None
+        return "ok"
     kinds = [f"{metrics[k]} {k.removeprefix('n_').replace('_', ' ')}" for k in
              ("n_failed_judgments", "n_unparsed", "n_extraction_failed") if metrics.get(k)]
-    return f"{failed} of {metrics['n_items']} items not scored ({', '.join(kinds)})"
+    unscored = f"{failed} of {metrics['n_items']} items not scored ({', '.join(kinds)})"
+    return f"failed: scoring: {unscored}" if failed >= metrics["n_items"] else f"partial: {unscored}"
 
 
-def _score(cfg: Config, task: Task, answers: dict[str, str], folder: Path, answers_file: Path
-           ) -> dict[str, BenchmarkResult]:
+def _score(cfg: Config, task: Task, answers: dict[str, str], answers_file: Path) -> dict[str, BenchmarkResult]:
     """Score one task's answers (through a fresh judge client, so its usage is this task's); writes scores.json."""
     j = cfg.evaluation.judge
     try:
@@ -267,13 +268,10 @@ def _score(cfg: Config, task: Task, answers: dict[str, str], folder: Path, answe
     except JudgeUnavailable as err:  # no key accepted, or the judge went down (its circuit breaker)
         return {name: BenchmarkResult(_failure("scoring", err), method=task.method, judge=task.judge_model)
                 for name in task.benchmarks}
-    write_json(folder / "scores.json", details)
+    write_json(answers_file.parent / "scores.json", details)
     counts = {"n_items": len(answers), "n_empty_answers": sum(not a.strip() for a in answers.values())}
     out = {}
     for name, m in metrics.items():
         merged = {**counts, **m}
-        unscored = _unscored(merged)
-        failed_all = unscored is not None and unscored.startswith(f"{merged['n_items']} of")
-        status = "ok" if unscored is None else f"{'failed: scoring' if failed_all else 'partial'}: {unscored}"
-        out[name] = BenchmarkResult(status, merged, task.judge_model, str(answers_file), task.method)
+        out[name] = BenchmarkResult(_status(merged), merged, task.judge_model, str(answers_file), task.method)
     return out
