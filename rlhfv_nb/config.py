@@ -77,6 +77,8 @@ class FamilyConfig:
     projector: list[str] | None = None
     decoder: str | None = None
     decoder_linears: list[str] | None = None
+    bidirectional_prompt: bool | None = None  # the prompt's tokens attend to the whole prompt (a prefix-LM)
+    image_blocks: bool | None = None  # an image's tokens (token_type_ids 1) attend to the whole image
 
 
 @dataclass
@@ -167,6 +169,9 @@ class DDPOConfig(TrainConfig):
     min_match: int = 3
     ablation_gammas: list[float] = field(default_factory=list)  # e.g. [1.0]: also train plain DPO
     ref_batch_size: int = 8
+    # Score a pair's chosen and rejected answers after one encoding of its image and prompt, in training and in
+    # the reference pass (same log-probs, less compute); false: one row per answer, prompt repeated.
+    share_prefix: bool = True
 
 
 @dataclass

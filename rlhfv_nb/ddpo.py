@@ -54,18 +54,11 @@ def _span_weights(length: int, spans: list[tuple[int, int]], gamma: float) -> li
     return weights
 
 
-def token_logps(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Log-prob of each label token under `logits`, aligned with `labels[:, 1:]`, and its mask.
-
-    Labels use `IGNORE_INDEX` on prompt, image and padding positions. Returns `(logps, mask)` of shape
-    `[batch, length - 1]`, with logps set to 0 where masked.
-    """
-    labels = labels[:, 1:]
-    logits = logits[:, :-1, :]
-    mask = labels != IGNORE_INDEX
-    safe_labels = labels.masked_fill(~mask, 0)
-    logps = torch.gather(logits.float().log_softmax(-1), 2, safe_labels.unsqueeze(-1)).squeeze(-1)
-    return logps * mask, mask
+def selective_logps(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """`log_softmax(logits)[label]` for each row of `[rows, vocab]` logits, in float32, without building the
+    full log-softmax: the label's logit minus the row's `logsumexp`."""
+    logits = logits.float()
+    return logits.gather(-1, labels.unsqueeze(-1)).squeeze(-1) - torch.logsumexp(logits, dim=-1)
 
 
 def sequence_logps(

@@ -35,6 +35,9 @@ class ModelFamily:
     (`model.image_aspect_ratio`): "pad" to a square of the processor's mean colour first (LLaVA-1.5's
     `image_aspect_ratio pad`), or "native", the processor's own handling (its resize/crop, any-res tiles,
     dynamic resolution).
+    `bidirectional_prompt`: the prompt's tokens attend to the whole prompt (a prefix-LM: PaliGemma).
+    `image_blocks`: an image's tokens attend to the whole image (Gemma 3, its `token_type_ids` 1).
+    Both shape the attention of pairs scored after one shared prompt (`rlhfv_nb.pair_logps`).
     """
 
     name: str
@@ -43,6 +46,8 @@ class ModelFamily:
     decoder: str
     decoder_linears: tuple[str, ...] = DECODER_LINEARS
     image_aspect_ratio: str = "native"
+    bidirectional_prompt: bool = False
+    image_blocks: bool = False
 
     @property
     def lora_target_modules(self) -> str:
@@ -92,8 +97,8 @@ FAMILIES: dict[str, ModelFamily] = {
         # LLaVA-NeXT/OneVision's `image_newline` is a bare parameter of `model`: a LoRA adapter cannot save it.
         ModelFamily("llava_next", **_LLAVA_LIKE),
         ModelFamily("llava_onevision", **_LLAVA_LIKE),
-        ModelFamily("paligemma", **_LLAVA_LIKE),
-        ModelFamily("gemma3", **_LLAVA_LIKE),
+        ModelFamily("paligemma", **_LLAVA_LIKE, bidirectional_prompt=True),
+        ModelFamily("gemma3", **_LLAVA_LIKE, image_blocks=True),
         ModelFamily("internvl", **_LLAVA_LIKE),
         ModelFamily("mllama", vision=("model.vision_model",), projector=("model.multi_modal_projector",),
                     decoder="model.language_model"),

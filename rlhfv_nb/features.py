@@ -19,6 +19,7 @@ from transformers import ProcessorMixin
 
 from rlhfv_nb.data import decode_image
 from rlhfv_nb.ddpo import IGNORE_INDEX
+from rlhfv_nb.families import ModelFamily
 
 
 def user_message(question: str) -> dict[str, Any]:
@@ -138,18 +139,57 @@ PER_TOKEN_KEYS = ("input_ids", "attention_mask", "token_type_ids", "mm_token_typ
 
 @dataclass
 class Sequences:
-    """Right-padded prompt+response batch with processor extras (pixel values, grid sizes)."""
+    """Right-padded rows, each a prompt followed by one or more answers, with processor extras (pixels, grids).
+
+    Every answer is scored as if it followed its prompt alone: it starts at position `prompt length` whatever
+    answers precede it in the row. `segments` marks each position: 0 prompt, `k + 1` the row's k-th answer, -1
+    padding. `positions` holds each position's index in its own prompt + answer sequence. Answers are kept in
+    the order given: `answer_rows[k]` holds answer k, from `answer_starts[k]` on.
+    """
 
     inputs: dict[str, torch.Tensor]
-    labels: torch.Tensor
-    response_starts: list[int]
+    answers: list[list[int]]
+    answer_rows: list[int]
+    answer_starts: list[int]
+    prompt_lengths: list[int]
+    segments: torch.Tensor
+    positions: torch.Tensor
+
+    @property
+    def packed(self) -> bool:
+        """Whether some row holds more than one answer (its answers then share the row's prompt)."""
+        return len(set(self.answer_rows)) < len(self.answer_rows)
+
+    def labels(self) -> torch.Tensor:
+        """`[rows, length]` labels for a forward that computes its own loss: each row's answer, else IGNORE_INDEX."""
+        if self.packed:
+            raise ValueError("labels over whole rows hold one answer per row; these rows share prompts")
+        labels = torch.full(tuple(self.segments.shape), IGNORE_INDEX, dtype=torch.long)
+        for row, start, answer in zip(self.answer_rows, self.answer_starts, self.answers):
+            labels[row, start : start + len(answer)] = torch.tensor(answer, dtype=torch.long)
+        return labels
+
+    def answer_index(self) -> dict[str, torch.Tensor]:
+        """Where each answer's tokens are predicted: `answer_labels` `[answers, longest]` (IGNORE_INDEX after the
+        end), `answer_rows` `[answers]`, and `answer_sources`, the position whose logits predict each token."""
+        width = max(len(answer) for answer in self.answers)
+        labels = torch.full((len(self.answers), width), IGNORE_INDEX, dtype=torch.long)
+        sources = torch.zeros((len(self.answers), width), dtype=torch.long)
+        for k, (row, start, answer) in enumerate(zip(self.answer_rows, self.answer_starts, self.answers)):
+            labels[k, : len(answer)] = torch.tensor(answer, dtype=torch.long)
+            # the first token is predicted by the prompt's last position, every later one by the token before it
+            prompt_end = self.prompt_lengths[row] - 1
+            sources[k, 0] = prompt_end
+            sources[k, 1 : len(answer)] = torch.arange(start, start + len(answer) - 1)
+            sources[k, len(answer):] = prompt_end
+        return {"answer_labels": labels, "answer_rows": torch.tensor(self.answer_rows), "answer_sources": sources}
 
 
 def _extend_per_token(value: torch.Tensor, lengths: list[int], totals: list[int], width: int,
                       response_value: int | None) -> torch.Tensor:
-    """A per-token tensor carried from each prompt's length to its prompt+response length, zero-padded to `width`.
+    """A per-token tensor carried from each prompt's length to its row's total length, zero-padded to `width`.
 
-    Response positions take `response_value` if given, else the prompt's last token's value (text after the
+    Answer positions take `response_value` if given, else the prompt's last token's value (text after the
     prompt is text too: not an image token, and it sees the images the prompt's end sees).
     """
     out = value.new_zeros((value.shape[0], width, *value.shape[2:]))
@@ -160,12 +200,14 @@ def _extend_per_token(value: torch.Tensor, lengths: list[int], totals: list[int]
 
 
 def build_batch(
-    processor: ProcessorMixin, images: Sequence[bytes], questions: Sequence[str], responses: Sequence[list[int]]
+    processor: ProcessorMixin, images: Sequence[bytes], questions: Sequence[str],
+    answers: Sequence[tuple[int, Sequence[int]]],
 ) -> Sequences:
-    """Model inputs for `prompt + response` sequences; labels mask everything but the response tokens.
+    """Model inputs for prompts (one image and question each) followed by answers `(prompt index, token ids)`.
 
-    Every per-token tensor the processor returns is carried to the full width, so the response is scored
-    exactly as in a forward over the whole conversation.
+    A prompt named by several answers is encoded once and its answers follow it in one row (see `Sequences`).
+    Every per-token tensor the processor returns is carried to the full width, so an answer is scored exactly
+    as in a forward over its whole conversation.
     """
     encoded = encode_prompts(processor, images, questions, padding_side="right")
     unknown = [key for key, value in encoded.items() if key not in PER_TOKEN_KEYS and torch.is_tensor(value)
@@ -176,7 +218,10 @@ def build_batch(
     lengths = encoded["attention_mask"].sum(-1).tolist()
     if any(not mask[:length].all() for mask, length in zip(encoded["attention_mask"], lengths)):
         raise ValueError(f"{type(processor).__name__} did not pad the prompts on the right as asked")
-    totals = [length + len(response) for length, response in zip(lengths, responses)]
+    totals, starts = list(lengths), []
+    for row, answer in answers:
+        starts.append(totals[row])
+        totals[row] += len(answer)
     width = max(totals)
     inputs = {key: value for key, value in encoded.items() if key not in PER_TOKEN_KEYS}
     answer_values = {"attention_mask": 1, "token_type_ids": 1 if answers_as_suffix(processor) else None}
@@ -184,21 +229,27 @@ def build_batch(
         if key in encoded:
             inputs[key] = _extend_per_token(encoded[key], lengths, totals, width, answer_values.get(key))
     input_ids = torch.full((len(totals), width), processor.tokenizer.pad_token_id, dtype=torch.long)
-    labels = torch.full((len(totals), width), IGNORE_INDEX, dtype=torch.long)
-    for row, (length, total, response) in enumerate(zip(lengths, totals, responses)):
+    segments = torch.full((len(totals), width), -1, dtype=torch.long)
+    positions = torch.zeros((len(totals), width), dtype=torch.long)
+    for row, length in enumerate(lengths):
         input_ids[row, :length] = encoded["input_ids"][row, :length]
-        input_ids[row, length:total] = labels[row, length:total] = torch.tensor(list(response), dtype=torch.long)
+        segments[row, :length] = 0
+        positions[row, :length] = torch.arange(length)
+    for (row, answer), start in zip(answers, starts):
+        end = start + len(answer)
+        input_ids[row, start:end] = torch.tensor(list(answer), dtype=torch.long)
+        segments[row, start:end] = int(segments[row].max()) + 1
+        positions[row, start:end] = torch.arange(lengths[row], lengths[row] + len(answer))
     inputs["input_ids"] = input_ids
-    return Sequences(inputs, labels, lengths)
+    return Sequences(inputs, [list(answer) for _, answer in answers], [row for row, _ in answers], starts, lengths,
+                     segments, positions)
 
 
-def aligned(
-    values: Sequence[Sequence[float]], starts: Sequence[int], shape: tuple[int, int], fill: float
-) -> torch.Tensor:
-    """A `[batch, length]` tensor with each response's per-token values placed at its label positions."""
-    out = torch.full(shape, fill, dtype=torch.float32)
-    for row, (start, row_values) in enumerate(zip(starts, values)):
-        out[row, start : start + len(row_values)] = torch.tensor(row_values, dtype=torch.float32)
+def aligned(values: Sequence[Sequence[float]], width: int, fill: float) -> torch.Tensor:
+    """A `[answers, width]` tensor of each answer's per-token values, left-aligned, padded with `fill`."""
+    out = torch.full((len(values), width), fill, dtype=torch.float32)
+    for row, row_values in enumerate(values):
+        out[row, : len(row_values)] = torch.tensor(row_values, dtype=torch.float32)
     return out
 
 
@@ -210,31 +261,57 @@ class SFTCollator:
 
     def __call__(self, rows: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
         batch = build_batch(self.processor, [r["image"] for r in rows], [r["question"] for r in rows],
-                            [r["answer_ids"] for r in rows])
-        return {**batch.inputs, "labels": batch.labels}
+                            list(enumerate(r["answer_ids"] for r in rows)))
+        return {**batch.inputs, "labels": batch.labels()}
+
+
+def attention_blocks(family: ModelFamily, segments: torch.Tensor, token_type_ids: torch.Tensor | None
+                     ) -> torch.Tensor:
+    """`[rows, length]` block ids: tokens of one block (id > 0) see each other whatever their order, as the
+    family's model lets them in one sequence: a prefix-LM's whole prompt (PaliGemma), or each image's tokens
+    (Gemma 3: a run of `token_type_ids` 1). 0 elsewhere."""
+    blocks = torch.zeros_like(segments)
+    if family.bidirectional_prompt:
+        blocks[segments == 0] = 1
+    if family.image_blocks and token_type_ids is not None:
+        image = token_type_ids == 1
+        starts = image & ~torch.nn.functional.pad(image, (1, 0))[:, :-1]
+        blocks = torch.where(image, starts.long().cumsum(-1), blocks)
+    return blocks
 
 
 class PairCollator:
-    """Chosen and rejected of each pair in one concatenated batch (chosen first, then rejected).
+    """The chosen and rejected answers of each pair, chosen first, then rejected, in answer-aligned tensors.
 
-    When rows carry them, adds `weights` (dense DDPO token weights) and `ref_logps` (per-token
-    reference log-probs), both aligned with `labels`.
+    With `shared_by` (the model's family), each pair is one row: its image and prompt once, then both answers,
+    each seeing only the prompt and itself (`segments`, `positions` and `blocks` let the forward build that
+    attention with the family's rules; see `rlhfv_nb.pair_logps`). Without, each answer has its own row, prompt
+    repeated. When rows carry them, adds
+    `weights` (dense DDPO token weights) and `ref_logps` (per-token reference log-probs), `[answers, longest]`
+    like `answer_labels`.
     """
 
-    def __init__(self, processor: ProcessorMixin):
+    def __init__(self, processor: ProcessorMixin, shared_by: ModelFamily | None = None):
         self.processor = processor
+        self.shared_by = shared_by
 
     def __call__(self, rows: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
-        images = [r["image"] for r in rows] * 2
-        questions = [r["question"] for r in rows] * 2
-        responses = [r["chosen_ids"] for r in rows] + [r["rejected_ids"] for r in rows]
-        batch = build_batch(self.processor, images, questions, responses)
-        shape = tuple(batch.labels.shape)
-        out = {**batch.inputs, "labels": batch.labels}
+        copies = 2 if self.shared_by is None else 1
+        images = [r["image"] for r in rows] * copies
+        questions = [r["question"] for r in rows] * copies
+        second = len(rows) if self.shared_by is None else 0
+        answers = ([(i, r["chosen_ids"]) for i, r in enumerate(rows)]
+                   + [(second + i, r["rejected_ids"]) for i, r in enumerate(rows)])
+        batch = build_batch(self.processor, images, questions, answers)
+        out = {**batch.inputs, **batch.answer_index()}
+        if self.shared_by is not None:
+            out.update(segments=batch.segments, positions=batch.positions,
+                       blocks=attention_blocks(self.shared_by, batch.segments, out.get("token_type_ids")))
+        width = out["answer_labels"].shape[1]
         if "chosen_weights" in rows[0]:
             weights = [r["chosen_weights"] for r in rows] + [r["rejected_weights"] for r in rows]
-            out["weights"] = aligned(weights, batch.response_starts, shape, 0.0)
+            out["weights"] = aligned(weights, width, 0.0)
         if "ref_chosen_logps" in rows[0]:
             ref = [r["ref_chosen_logps"] for r in rows] + [r["ref_rejected_logps"] for r in rows]
-            out["ref_logps"] = aligned(ref, batch.response_starts, shape, 0.0)
+            out["ref_logps"] = aligned(ref, width, 0.0)
         return out

@@ -17,9 +17,10 @@ from typing import Any
 import torch
 from transformers import PreTrainedModel, ProcessorMixin
 
-from rlhfv_nb.ddpo import token_logps
+from rlhfv_nb.config import FamilyConfig
 from rlhfv_nb.features import PairCollator
 from rlhfv_nb.files import file_sha256, read_jsonl_by, trim_torn_line
+from rlhfv_nb.pair_logps import answer_logps, shares_prefix
 from rlhfv_nb.progress import progress_bar
 
 CACHE_FORMAT = 2
@@ -110,9 +111,13 @@ def reference_logps(
     path: Path,
     batch_size: int,
     progress: bool = True,
+    share_prefix: bool = True,
+    family: FamilyConfig | None = None,
 ) -> dict[str, dict[str, list[float]]]:
     """Per-token log-probs of chosen and rejected answers for every row, computing only what is missing.
 
+    `share_prefix`: encode each pair's image and prompt once where the model allows it (the same log-probs);
+    `family`: the params' `model.family` overrides.
     Rows need `uid`, `image`, `question`, `chosen_ids`, `rejected_ids`.
     Returns `{uid: {"chosen": [...], "rejected": [...]}}`.
     """
@@ -121,7 +126,7 @@ def reference_logps(
     done = read_cache(path, rows)
     trim_torn_line(path)
     todo = [row for row in rows if row["uid"] not in done]
-    collate = PairCollator(processor)
+    collate = PairCollator(processor, shares_prefix(model, family, share_prefix))
     was_training = model.training
     model.eval()
     device = next(model.parameters()).device
@@ -129,11 +134,8 @@ def reference_logps(
                                                  desc="reference log-probs", disable=not progress) as bar:
         for start in range(0, len(todo), batch_size):
             chunk = todo[start : start + batch_size]
-            batch = collate(chunk)
-            labels = batch.pop("labels")
-            batch = {k: v.to(device) for k, v in batch.items()}
-            logits = model(**batch, use_cache=False).logits
-            logps, mask = token_logps(logits, labels.to(device))
+            batch = {k: v.to(device) for k, v in collate(chunk).items()}
+            logps, mask = answer_logps(model, batch)
             per_seq = [lp[m].tolist() for lp, m in zip(logps.cpu(), mask.cpu())]
             for index, row in enumerate(chunk):
                 chosen, rejected = per_seq[index], per_seq[index + len(chunk)]

@@ -325,7 +325,8 @@ def compute_reference(cfg: Config, rows: list[dict[str, Any]], processor=None, c
     model = prepare_for_training(load_model(path, cfg.model, device_map=device if device == "cuda" else None),
                                  cfg.model)
     with torch.autocast(device, dtype=torch.bfloat16, enabled=cfg.ddpo.bf16):
-        reference_logps(model, processor, rows, cache, cfg.ddpo.ref_batch_size)
+        reference_logps(model, processor, rows, cache, cfg.ddpo.ref_batch_size, share_prefix=cfg.ddpo.share_prefix,
+                        family=cfg.model.family)
     write_json(reference_settings_path(cache), {
         "computed_by": "rlhfv_nb.pipeline.compute_reference", "device": device,
         "autocast": "bfloat16" if cfg.ddpo.bf16 else None, "load_in_4bit": cfg.model.load_in_4bit,

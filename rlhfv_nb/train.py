@@ -31,11 +31,12 @@ from transformers import (
 from transformers.trainer_utils import get_last_checkpoint
 
 from rlhfv_nb.config import DDPOConfig, ModelConfig, TrackingConfig, TrainConfig
-from rlhfv_nb.ddpo import ddpo_loss, sequence_logps, token_logps
+from rlhfv_nb.ddpo import ddpo_loss, sequence_logps
 from rlhfv_nb.families import lora_modules, peft_modules_to_save, resolve_family
 from rlhfv_nb.features import PairCollator, SFTCollator
 from rlhfv_nb.files import trim_torn_line, write_text
 from rlhfv_nb.layout import TrainingFolder
+from rlhfv_nb.pair_logps import answer_logps, shares_prefix
 from rlhfv_nb.progress import TRAINING_LINE
 
 log = logging.getLogger(__name__)
@@ -297,11 +298,8 @@ class DDPOTrainer(ResumableTrainer):
         self._metrics: dict[str, list[float]] = defaultdict(list)
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-        labels = inputs.pop("labels")
-        weights = inputs.pop("weights")[:, 1:]
-        ref_token_logps = inputs.pop("ref_logps")[:, 1:]
-        logits = model(**inputs, use_cache=False).logits
-        policy_token_logps, mask = token_logps(logits, labels)
+        weights, ref_token_logps = inputs["weights"], inputs["ref_logps"]
+        policy_token_logps, mask = answer_logps(model, inputs)
         average = self.ddpo.use_average
         ref_token_logps = ref_token_logps.to(policy_token_logps.dtype)
         policy = sequence_logps(policy_token_logps, mask, weights, average)
@@ -333,7 +331,7 @@ class DDPOTrainer(ResumableTrainer):
                 "ddpo_loss": losses.detach(),
             }
         )
-        return (loss, {"logits": logits}) if return_outputs else loss
+        return (loss, {"logps": policy_token_logps}) if return_outputs else loss
 
     def _record(self, values: dict[str, torch.Tensor]) -> None:
         for name, value in values.items():
@@ -361,5 +359,6 @@ def ddpo_trainer(
     callbacks: Sequence[TrainerCallback] = (),
 ) -> DDPOTrainer:
     """The DDPO trainer `train_ddpo` runs (the bench drives it itself, with its own callbacks)."""
-    return make_trainer(DDPOTrainer, model, pairs, PairCollator(processor), cfg, model_cfg, output_dir, seed,
+    collator = PairCollator(processor, shares_prefix(model, model_cfg.family, cfg.share_prefix))
+    return make_trainer(DDPOTrainer, model, pairs, collator, cfg, model_cfg, output_dir, seed,
                         callbacks, label=f"ddpo-gamma{cfg.gamma:g}", tracking=tracking, ddpo=cfg)

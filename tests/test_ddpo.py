@@ -16,7 +16,13 @@ import pytest
 import torch
 from tiny_run import CPU_TINY, make_run
 
-from rlhfv_nb.ddpo import IGNORE_INDEX, changed_token_spans, ddpo_loss, diff_token_weights, sequence_logps, token_logps
+from rlhfv_nb.ddpo import (
+    changed_token_spans,
+    ddpo_loss,
+    diff_token_weights,
+    selective_logps,
+    sequence_logps,
+)
 
 G = 5.0  # gamma in the hand-made cases
 
@@ -142,19 +148,16 @@ def _log_softmax(row: list[float], index: int) -> float:
     return row[index] - math.log(sum(math.exp(v) for v in row))
 
 
-def test_token_logps_gathers_shifted_labels_and_zeroes_masked_positions():
-    logits = [[[0.0, 1.0, 2.0], [3.0, 0.5, -1.0], [0.2, 0.2, 0.9], [1.0, 1.0, 1.0]],
-              [[1.5, -0.5, 0.0], [0.0, 0.0, 0.0], [2.0, 1.0, 0.0], [0.3, 0.1, 4.0]]]
-    # position t of the result scores label t + 1 with the logits of position t
-    labels = [[IGNORE_INDEX, 2, 0, IGNORE_INDEX],
-              [IGNORE_INDEX, IGNORE_INDEX, 1, 2]]
-    logps, mask = token_logps(torch.tensor(logits), torch.tensor(labels))
-    expected = [[_log_softmax(logits[0][0], 2), _log_softmax(logits[0][1], 0), 0.0],
-                [0.0, _log_softmax(logits[1][1], 1), _log_softmax(logits[1][2], 2)]]
-    assert mask.tolist() == [[True, True, False], [False, True, True]]
-    assert torch.allclose(logps, torch.tensor(expected), atol=1e-6)
-    # the second row: uniform logits -> log(1/3)
-    assert logps[1, 1].item() == pytest.approx(math.log(1 / 3), abs=1e-6)
+def test_selective_logps_is_the_log_softmax_at_the_label():
+    logits = [[0.0, 1.0, 2.0], [3.0, 0.5, -1.0], [1.0, 1.0, 1.0], [400.0, -300.0, 399.0]]
+    labels = [2, 0, 1, 2]
+    logps = selective_logps(torch.tensor(logits), torch.tensor(labels))
+    expected = [_log_softmax(row, label) for row, label in zip(logits[:3], labels[:3])]
+    assert logps[:3].tolist() == pytest.approx(expected, abs=1e-6)
+    assert logps[2].item() == pytest.approx(math.log(1 / 3), abs=1e-6)  # uniform logits
+    assert logps[3].item() == pytest.approx(-math.log1p(math.e), abs=1e-5)  # large logits: no overflow
+    bf16 = selective_logps(torch.tensor(logits[:3], dtype=torch.bfloat16), torch.tensor(labels[:3]))
+    assert bf16.dtype == torch.float32
 
 
 def test_sequence_logps_sum_and_average_with_weights_and_mask():
@@ -255,11 +258,12 @@ def ddpo_setup(tmp_path_factory):
 def _batch_loss(cfg, model, processor, pairs) -> tuple[float, dict]:
     """DDPOTrainer.compute_loss on all pairs as one batch, with the trainer's own collator."""
     from rlhfv_nb.features import PairCollator
+    from rlhfv_nb.pair_logps import shares_prefix
     from rlhfv_nb.train import DDPOTrainer, training_arguments
 
     trainer = DDPOTrainer(model=model, args=training_arguments(cfg.ddpo, cfg.run_path / "probe", cfg.seed),
                           ddpo=cfg.ddpo)
-    batch = PairCollator(processor)([pairs[i] for i in range(len(pairs))])
+    batch = PairCollator(processor, shares_prefix(model))([pairs[i] for i in range(len(pairs))])
     with torch.no_grad():
         loss = trainer.compute_loss(model, dict(batch)).item()
     metrics = {name: values[-1] for name, values in trainer._metrics.items()}

@@ -9,7 +9,8 @@ from tiny_run import CPU_TINY, SHAPE, make_run
 
 from rlhfv_nb.config import load_config
 from rlhfv_nb.data import encode_image
-from rlhfv_nb.ddpo import IGNORE_INDEX, token_logps
+from rlhfv_nb.ddpo import IGNORE_INDEX
+from rlhfv_nb.families import resolve_family
 from rlhfv_nb.features import (
     PairCollator,
     SFTCollator,
@@ -50,11 +51,11 @@ def test_response_ids_are_the_templated_assistant_text_ending_with_eos(processor
 
 
 def _check_labels(batch, prompts: list[int], responses: list[list[int]], pad_id: int) -> None:
-    ids, labels, attention = batch.inputs["input_ids"], batch.labels, batch.inputs["attention_mask"]
+    ids, labels, attention = batch.inputs["input_ids"], batch.labels(), batch.inputs["attention_mask"]
     assert ids.shape == labels.shape == attention.shape
     for row, (start, response) in enumerate(zip(prompts, responses)):
         end = start + len(response)
-        assert batch.response_starts[row] == start
+        assert batch.answer_starts[row] == start
         assert labels[row, start:end].tolist() == response == ids[row, start:end].tolist()
         assert (labels[row, :start] == IGNORE_INDEX).all()  # prompt and image tokens
         assert (labels[row, end:] == IGNORE_INDEX).all()  # right padding
@@ -67,7 +68,7 @@ def test_build_batch_labels_only_the_response(processor):
     answers = ["A red ball.", "There is a small green tent in the middle of the picture, next to a cup."]
     images = [_image(0), _image(1)]
     responses = [response_ids(processor, q, a) for q, a in zip(questions, answers)]
-    batch = build_batch(processor, images, questions, responses)
+    batch = build_batch(processor, images, questions, list(enumerate(responses)))
     prompts = [prompt_length(processor, q, im) for q, im in zip(questions, images)]
     assert prompts[0] != prompts[1] and len(responses[0]) != len(responses[1])  # real padding on both parts
     _check_labels(batch, prompts, responses, processor.tokenizer.pad_token_id)
@@ -75,7 +76,7 @@ def test_build_batch_labels_only_the_response(processor):
     image_id = processor.tokenizer.convert_tokens_to_ids("<image>")
     image_positions = batch.inputs["input_ids"] == image_id
     assert image_positions.sum(1).tolist() == [(SHAPE.image_size // SHAPE.patch_size) ** 2] * 2
-    assert (batch.labels[image_positions] == IGNORE_INDEX).all()
+    assert (batch.labels()[image_positions] == IGNORE_INDEX).all()
     assert batch.inputs["pixel_values"].shape[0] == 2
 
 
@@ -89,7 +90,7 @@ def test_sft_collator_labels_the_answer(processor):
         assert (batch["labels"][row, :start] == IGNORE_INDEX).all()
 
 
-def test_pair_collator_puts_chosen_first_and_aligns_weights_and_reference(processor):
+def _pair_rows(processor) -> list[dict]:
     questions = ["Describe the image.", "Describe this picture in detail, please."]
     rows = []
     for i, q in enumerate(questions):
@@ -103,22 +104,42 @@ def test_pair_collator_puts_chosen_first_and_aligns_weights_and_reference(proces
             "ref_chosen_logps": [-(10 * i + t + 1) / 100 for t in range(len(chosen))],
             "ref_rejected_logps": [-(100 + 10 * i + t + 1) / 100 for t in range(len(rejected))],
         })
-    batch = PairCollator(processor)(rows)
-    labels = batch["labels"]
-    assert labels.shape[0] == 4 and batch["pixel_values"].shape[0] == 4
+    return rows
+
+
+@pytest.mark.parametrize("shared", [False, True], ids=["separate", "shared"])
+def test_pair_collator_puts_chosen_first_and_aligns_weights_reference_and_sources(processor, shared):
+    rows = _pair_rows(processor)
+    prompts = [prompt_length(processor, r["question"], r["image"]) for r in rows]
+    batch = PairCollator(processor, resolve_family({"model_type": "llava"}) if shared else None)(rows)
+    ids, labels = batch["input_ids"], batch["answer_labels"]
+    # shared: one row per pair (image once); separate: one row per answer, prompt and image repeated
+    assert ids.shape[0] == batch["pixel_values"].shape[0] == (2 if shared else 4)
     order = [("chosen", 0), ("chosen", 1), ("rejected", 0), ("rejected", 1)]
-    for row, (side, pair) in enumerate(order):
-        at = labels[row] != IGNORE_INDEX
-        assert labels[row][at].tolist() == rows[pair][f"{side}_ids"]
-        assert batch["weights"][row][at].tolist() == rows[pair][f"{side}_weights"]
-        assert batch["ref_logps"][row][at].tolist() == pytest.approx(rows[pair][f"ref_{side}_logps"])
-        assert (batch["weights"][row][~at] == 0).all() and (batch["ref_logps"][row][~at] == 0).all()
-    # after token_logps' shift by one, the shifted weights/reference sit exactly on the scored positions
-    _, mask = token_logps(torch.zeros(*labels.shape, len(processor.tokenizer)), labels)
-    assert ((batch["weights"][:, 1:] > 0) == mask).all()
-    assert ((batch["ref_logps"][:, 1:] < 0) == mask).all()
+    for k, (side, pair) in enumerate(order):
+        answer = rows[pair][f"{side}_ids"]
+        n, row, prompt = len(answer), batch["answer_rows"][k].item(), prompts[pair]
+        assert labels[k, :n].tolist() == answer and (labels[k, n:] == IGNORE_INDEX).all()
+        assert batch["weights"][k, :n].tolist() == rows[pair][f"{side}_weights"]
+        assert batch["ref_logps"][k, :n].tolist() == pytest.approx(rows[pair][f"ref_{side}_logps"])
+        assert (batch["weights"][k, n:] == 0).all() and (batch["ref_logps"][k, n:] == 0).all()
+        # token t is predicted at the position before it; the first token by the prompt's last position
+        start = prompt + (len(rows[pair]["chosen_ids"]) if shared and side == "rejected" else 0)
+        sources = batch["answer_sources"][k, :n].tolist()
+        assert sources == [prompt - 1, *range(start, start + n - 1)]
+        assert ids[row, start : start + n].tolist() == answer
+        assert row == (pair if shared else k)
+    if shared:  # both answers continue the prompt: positions restart after it; segments tell the answers apart
+        chosen, rejected = len(rows[0]["chosen_ids"]), len(rows[0]["rejected_ids"])
+        p = prompts[0]
+        assert batch["positions"][0, : p + chosen + rejected].tolist() == [
+            *range(p + chosen), *range(p, p + rejected)]
+        assert batch["segments"][0, : p + chosen + rejected].tolist() == [0] * p + [1] * chosen + [2] * rejected
+        assert (batch["segments"][0, p + chosen + rejected:] == -1).all()
+    else:
+        assert "segments" not in batch
     # without weights and reference log-probs in the rows, the batch carries neither
     plain = PairCollator(processor)([{k: r[k] for k in ("image", "question", "chosen_ids", "rejected_ids")}
                                      for r in rows])
     assert "weights" not in plain and "ref_logps" not in plain
-    assert torch.equal(plain["labels"], labels)
+    assert torch.equal(plain["answer_labels"], labels)

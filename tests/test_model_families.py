@@ -9,7 +9,9 @@ reloaded), the 4-bit build, batched generation, and the planner's count of its w
 from __future__ import annotations
 
 import functools
+import logging
 import math
+import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -24,10 +26,11 @@ from tiny_run import CPU_TINY
 from rlhfv_nb.config import ModelConfig, load_config
 from rlhfv_nb.data import decode_image, encode_image
 from rlhfv_nb.families import resolve_family
-from rlhfv_nb.features import answers_as_suffix, encode_prompts, response_ids
+from rlhfv_nb.features import PairCollator, answers_as_suffix, encode_prompts, response_ids
 from rlhfv_nb.generate import GenerationSettings, generate_answers
 from rlhfv_nb.logps import reference_logps
 from rlhfv_nb.modeling import count_parameters, load_model, load_processor
+from rlhfv_nb.pair_logps import shares_prefix
 from rlhfv_nb.pipeline import ddpo_dataset
 from rlhfv_nb.planner import ModelShape, plan
 from rlhfv_nb.train import prepare_for_training, read_log, train_ddpo
@@ -215,6 +218,73 @@ def test_a_later_token_leaves_earlier_log_probs_unchanged(family, zoo, tmp_path)
     cached = reference_logps(model, processor, [row, changed], tmp_path / "ref.jsonl", batch_size=2, progress=False)
     before, after = cached[row["uid"]]["chosen"], cached["changed"]["chosen"]
     assert after[:-2] == pytest.approx(before[:-2], abs=1e-6) and after[-2] != pytest.approx(before[-2], abs=1e-4)
+
+
+def _scores_and_gradients(model: Any, processor: Any, pairs: Any, shared_by: Any) -> tuple[float, dict, dict]:
+    """DDPO loss, per-token policy log-probs and parameter gradients of one batch of every pair, with the
+    trainer's own loss and collator."""
+    from rlhfv_nb.pair_logps import answer_logps
+    from rlhfv_nb.train import DDPOTrainer, training_arguments
+
+    ddpo = load_config(CPU_TINY).ddpo
+    trainer = DDPOTrainer(model=model, args=training_arguments(ddpo, Path(tempfile.mkdtemp()), 0), ddpo=ddpo)
+    batch = PairCollator(processor, shared_by)([pairs[i] for i in range(len(pairs))])
+    model.zero_grad()
+    loss = trainer.compute_loss(model, dict(batch))
+    loss.backward()
+    with torch.no_grad():
+        logps, mask = answer_logps(model, batch)
+    grads = {name: p.grad.clone() for name, p in model.named_parameters() if p.grad is not None}
+    return loss.item(), {"logps": logps, "mask": mask}, grads
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_a_shared_prefix_scores_and_trains_as_separate_rows(family, zoo, tmp_path):
+    """One row per pair (image and prompt once) gives the per-token log-probs, reference cache, DDPO loss and
+    gradients of one row per answer, for every family's attention and positions (Qwen's 3D rotary positions,
+    PaliGemma's prefix-LM, Gemma 3's image blocks)."""
+    model, processor, _ = _load(zoo(family))
+    model.eval()  # no dropout: both paths see the same network
+    rows = _rows(processor)
+    family_rules = shares_prefix(model)
+    assert family_rules is not None and family_rules.name == family
+    separate = reference_logps(model, processor, rows, tmp_path / "separate.jsonl", 3, False, share_prefix=False)
+    shared = reference_logps(model, processor, rows, tmp_path / "shared.jsonl", 3, False, share_prefix=True)
+    for row in rows:
+        for side in ("chosen", "rejected"):
+            assert shared[row["uid"]][side] == pytest.approx(separate[row["uid"]][side], abs=1e-5)
+    pairs = ddpo_dataset(rows, separate, gamma=5.0, min_match=1)
+    loss, scores, grads = _scores_and_gradients(model, processor, pairs, None)
+    shared_loss, shared_scores, shared_grads = _scores_and_gradients(model, processor, pairs, family_rules)
+    assert shared_loss == pytest.approx(loss, abs=1e-5)
+    assert torch.equal(shared_scores["mask"], scores["mask"])
+    assert (shared_scores["logps"] - scores["logps"]).abs().max() < 1e-5
+    assert shared_grads.keys() == grads.keys() and len(grads) > 0
+    assert max((shared_grads[n] - g).abs().max().item() for n, g in grads.items()) < 1e-5
+    assert max(g.abs().max().item() for g in grads.values()) > 1e-4  # the comparison is not of zeros
+
+
+def test_a_shared_prefix_keeps_gemma3_sliding_windows(zoo, tmp_path):
+    """Gemma 3's sliding-window layers drop keys by position, not by index in the packed row."""
+    model, processor, _ = _load(zoo("gemma3"), attn_implementation="eager")
+    model.eval()
+    rows = _rows(processor)
+    wide = reference_logps(model, processor, rows, tmp_path / "wide.jsonl", 3, False, share_prefix=True)
+    model.config.text_config.sliding_window = 6  # far shorter than a prompt: the window decides every score
+    scores = {share: reference_logps(model, processor, rows, tmp_path / f"narrow-{share}.jsonl", 3, False,
+                                     share_prefix=share) for share in (False, True)}
+    for row in rows:
+        assert scores[True][row["uid"]]["rejected"] == pytest.approx(scores[False][row["uid"]]["rejected"], abs=1e-5)
+        assert scores[True][row["uid"]]["rejected"] != pytest.approx(wide[row["uid"]]["rejected"], abs=1e-3)
+
+
+def test_attention_without_custom_masks_scores_answers_in_separate_rows(zoo, caplog):
+    model, _, _ = _load(zoo("llava"))
+    assert shares_prefix(model, requested=False) is None
+    model.config.text_config._attn_implementation = "flash_attention_2"
+    with caplog.at_level(logging.INFO, logger="rlhfv_nb.pair_logps"):
+        assert shares_prefix(model) is None
+    assert "'flash_attention_2' takes no custom mask" in caplog.text
 
 
 def _projector_state(model: Any, family_name: str) -> dict[str, torch.Tensor]:
