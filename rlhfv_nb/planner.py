@@ -14,7 +14,11 @@ run's params and its accelerate config.
 - Activations follow Korthikanti et al. (2022) for a fused attention kernel (no attention matrix kept),
   adapted to the gated MLP: 7h + 3*kv + 4i values per token and decoder layer; with gradient
   checkpointing only each layer's input (h) plus one layer being recomputed. Logits add
-  tokens * vocab * (dtype + 8) bytes (the fp32 log-softmax and its gradient).
+  tokens * vocab * (dtype + 8) bytes (the fp32 log-softmax and its gradient), over every token for SFT and
+  over answer tokens only for DDPO (its LM head runs where answers are).
+- DDPO with a shared prefix (`ddpo.share_prefix`) runs a pair's image and prompt once, then both answers: the
+  vision tower sees one image per pair and the decoder prompt + 2 answers. The prompt is `seq_len` less
+  `answer_len`; without an answer length, only the image tokens are counted as shared (a lower bound).
 - FLOPs per optimizer step: 2 * params * tokens forward, 2 * params * tokens for input gradients where
   gradients flow, 2 * trainable * tokens for weight gradients, one more forward when checkpointing
   (so full fine-tuning is 6NT, 8NT with checkpointing; a frozen vision tower costs 2NT).
@@ -201,6 +205,9 @@ class Setup:
     grad_accum: int = 1
     seq_len: int = 2048  # prompt (image tokens included) + answer; data.max_length is the worst case
     sequences_per_item: int = 2  # DDPO: chosen and rejected in one forward; SFT: 1
+    shared_prefix: bool = False  # DDPO: each pair's image and prompt encoded once for both answers
+    answers_only_logits: bool = False  # DDPO: the LM head runs on answer tokens only
+    answer_len: int | None = None  # tokens per answer, if known (else the sequence less its image tokens)
     dtype: str = "bfloat16"  # the dtype the weights are loaded in
     mixed_precision: bool = True  # bf16/fp16 compute with fp32 master weights in the optimizer
     load_in_4bit: bool = False
@@ -238,6 +245,9 @@ class Setup:
             grad_accum=train.grad_accum,
             seq_len=cfg.data.max_length,
             sequences_per_item=2 if stage == "ddpo" else 1,
+            shared_prefix=(stage == "ddpo" and cfg.ddpo.share_prefix
+                           and cfg.model.attn_implementation != "flash_attention_2"),
+            answers_only_logits=stage == "ddpo",
             dtype=cfg.model.dtype,
             mixed_precision=train.bf16 or accelerate_precision in ("bf16", "fp16"),
             load_in_4bit=cfg.model.load_in_4bit,
@@ -308,6 +318,8 @@ class Plan:
             *((f"memory: {name}", f"{value / GIB:.2f} GiB", "per GPU") for name, value in self.memory.items() if value),
             ("memory: total", f"{self.total_bytes / GIB:.2f} GiB", f"{self.gpu_memory_gb:g} GiB available"),
             ("tokens per step", f"{self.tokens_per_step:,}",
+             f"{s.global_batch} items x (prompt once + {s.sequences_per_item} answers), up to {s.seq_len} tokens "
+             "each" if s.shared_prefix else
              f"{s.global_batch} items x {s.sequences_per_item} sequences x {s.seq_len} tokens"),
             ("FLOPs per step", f"{self.flops_per_step:.3g}", f"{s.gpus} GPU(s), sharding {s.sharding}"),
             ("seconds per step", f"{self.step_seconds:.2f}", "at the assumed peak TFLOP/s and utilisation"),
@@ -315,6 +327,20 @@ class Plan:
         if self.total_hours is not None:
             rows.append(("hours in total", f"{self.total_hours:.2f}", f"{s.steps} steps"))
         return [{"item": item, "value": value, "note": note} for item, value, note in rows]
+
+
+def item_tokens(shape: ModelShape, setup: Setup) -> dict[str, int]:
+    """Tokens one item (an SFT example, a DDPO pair) puts through each part, and the positions the LM head runs on.
+
+    A shared prefix puts one image through the vision tower and projector, and the prompt once plus every answer
+    through the decoder; unshared, each answer's sequence carries its own image and prompt.
+    """
+    answers = setup.sequences_per_item
+    answer = setup.answer_len if setup.answer_len is not None else max(setup.seq_len - shape.image_tokens, 0)
+    images = 1 if setup.shared_prefix else answers
+    language = (setup.seq_len - answer + answers * answer) if setup.shared_prefix else answers * setup.seq_len
+    return {"vision": images * shape.vision_tokens, "projector": images * shape.image_tokens, "language": language,
+            "logits": answers * answer if setup.answers_only_logits else answers * setup.seq_len}
 
 
 def estimate(shape: ModelShape, setup: Setup, gpu_memory_gb: float, peak_tflops: float = 312.0,
@@ -355,7 +381,7 @@ def estimate(shape: ModelShape, setup: Setup, gpu_memory_gb: float, peak_tflops:
     optimizer /= setup.gpus if stage >= 1 else 1
 
     activation_bytes = 4 if setup.load_in_4bit or (setup.dtype == "float32" and not setup.mixed_precision) else 2
-    sequences = setup.batch_per_gpu * setup.sequences_per_item
+    per_item = item_tokens(shape, setup)
     flows = {part: any(trainable[p] for p in PARTS[: PARTS.index(part) + 1]) for part in PARTS}
 
     def lora_extra(part: str) -> int:  # per token and layer: the r-dim intermediate (+ dropout copy of the input)
@@ -368,7 +394,7 @@ def estimate(shape: ModelShape, setup: Setup, gpu_memory_gb: float, peak_tflops:
         "vision": 7 * shape.vision_hidden + 2 * shape.vision_intermediate + lora_extra("vision"),
     }
     layer_input = {"language": shape.hidden, "vision": shape.vision_hidden}
-    tokens = {"language": sequences * setup.seq_len, "vision": sequences * shape.vision_tokens}
+    tokens = {part: setup.batch_per_gpu * count for part, count in per_item.items()}
     layers = {"language": shape.layers, "vision": shape.vision_layers}
     values = 0
     for part in ("language", "vision"):
@@ -383,23 +409,29 @@ def estimate(shape: ModelShape, setup: Setup, gpu_memory_gb: float, peak_tflops:
         "gradients": grads,
         "optimizer states": optimizer,
         "activations": values * activation_bytes,
-        "logits": tokens["language"] * shape.vocab * (activation_bytes + 8),
+        "logits": tokens["logits"] * shape.vocab * (activation_bytes + 8),
         "sharding buffers": 2 * shape.layer_params() * 2 if stage >= 3 else 0,
         "CUDA context and workspace": CUDA_OVERHEAD,
     }
 
-    images = setup.global_batch * setup.sequences_per_item
-    step_tokens = {"vision": images * shape.vision_tokens, "projector": images * shape.image_tokens,
-                   "language": setup.global_batch * setup.sequences_per_item * setup.seq_len}
+    step_tokens = {part: setup.global_batch * count for part, count in per_item.items()}
+
+    def passes(part: str, matmul: int, trained: int) -> int:  # FLOPs per token: forward, backward, recompute
+        out = 2 * matmul
+        if flows[part]:
+            out += 2 * matmul + 2 * trained + (2 * matmul if setup.gradient_checkpointing else 0)
+        return out
+
     flops = 0.0
     for part in PARTS:
         matmul = sum(m.matmul_params for m in modules if m.part == part) + lora_params[part]
         trained = matmul if not setup.lora_r else lora_params[part] + sum(
             m.matmul_params for m in saved if m.part == part)
-        passes = 2 * matmul  # forward
-        if flows[part]:
-            passes += 2 * matmul + 2 * trained + (2 * matmul if setup.gradient_checkpointing else 0)
-        flops += passes * step_tokens[part]
+        flops += passes(part, matmul, trained) * step_tokens[part]
+    # the LM head runs on the logit positions only (all of them unless `answers_only_logits`)
+    head = sum(m.matmul_params for m in modules if m.name == "lm_head")
+    head_trained = head if not setup.lora_r or "lm_head" in setup.modules_to_save else 0
+    flops -= passes("language", head, head_trained) * (step_tokens["language"] - step_tokens["logits"])
     step_seconds = flops / (setup.gpus * peak_tflops * 1e12 * utilisation)
 
     needed = sum(memory.values())

@@ -85,6 +85,35 @@ def test_full_finetune_zero3_on_8_gpus(shape):
     assert no_checkpointing.memory["activations"] > 5 * memory["activations"]
 
 
+def test_ddpo_encodes_each_pairs_image_and_prompt_once_and_runs_the_head_on_answers(shape):
+    setup = Setup(gpus=8, sharding="zero3", mixed_precision=True, gradient_checkpointing=True, seq_len=2048,
+                  shared_prefix=True, answers_only_logits=True, answer_len=200)
+    result = estimate(shape, setup, gpu_memory_gb=80)
+    language = (2048 - 200) + 2 * 200  # the prompt (image tokens included) once, then both answers
+    text = language * (32 * 4096 + 7 * 4096 + 3 * 4096 + 4 * 11008)
+    vision = 577 * (24 * 1024 + 7 * 1024 + 2 * 4096)  # one image per pair
+    assert result.memory["activations"] == 2 * (text + vision)
+    assert result.memory["logits"] == 2 * 200 * 32064 * (2 + 8)  # answer positions only
+    assert result.tokens_per_step == 8 * language
+    tokens = {"language": 8 * language, "vision": 8 * 577, "projector": 8 * 576}
+    head = 4096 * 32064
+    matmul = {"language": LINEAR_IN_LAYERS + head, "projector": 1024 * 4096 + 4096**2,
+              "vision": 24 * (4 * 1024**2 + 2 * 1024 * 4096) + 3 * 14 * 14 * 1024}
+    # 8 N T with checkpointing, but the LM head's N only over the 8 x 400 answer tokens
+    expected = 8 * sum(matmul[p] * tokens[p] for p in tokens) - 8 * head * (8 * language - 8 * 400)
+    assert result.flops_per_step == expected
+    # without a known answer length only the 576 image tokens count as shared
+    unknown = estimate(shape, Setup(**{**setup.__dict__, "answer_len": None}), 80)
+    assert unknown.tokens_per_step == 8 * (576 + 2 * (2048 - 576))
+    # the run's params turn both on for DDPO, neither for SFT; flash-attention takes no custom mask: no sharing
+    ddpo = plan(load_config("params/full-8xa100.yaml"), 80, LLAVA_15_7B)
+    assert ddpo.setup.shared_prefix and ddpo.setup.answers_only_logits
+    sft = plan(load_config("params/full-8xa100.yaml"), 80, LLAVA_15_7B, stage="sft")
+    assert not sft.setup.shared_prefix and not sft.setup.answers_only_logits
+    flash = load_config("params/full-8xa100.yaml", model={"attn_implementation": "flash_attention_2"})
+    assert not plan(flash, 80, LLAVA_15_7B).setup.shared_prefix
+
+
 def test_sharding_stages_divide_what_they_shard(shape):
     by_stage = {s: estimate(shape, Setup(gpus=4, sharding=s), 80).memory for s in ("none", "zero1", "zero2", "zero3")}
     assert by_stage["none"]["optimizer states"] == 12 * TOTAL
