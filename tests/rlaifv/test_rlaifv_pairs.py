@@ -1,0 +1,110 @@
+"""Pair selection on hand-made scores, and pairs written in the RLAIF-V-Dataset schema read back by the loader."""
+
+from __future__ import annotations
+
+import json
+
+import datasets
+import pyarrow.parquet as pq
+import pytest
+
+from rlhfv_nb.data import encode_image, load_raw, normalise_preferences, write_parquet
+from rlhfv_nb.rlaifv.pairs import RLAIFV_COLUMNS, PairRule, Prompt, pair_records, select_pairs
+from rlhfv_nb.world import WorldConfig, make_fresh_scenes, render
+
+SCORES = [0, -2, -1, 0, -2]
+# Ranked (score, then order): 0, 3, 2, 1, 4. Pairs by gap (widest first), then the chosen's and rejected's rank.
+ALL_ORDERED = [(0, 1), (0, 4), (3, 1), (3, 4), (0, 2), (3, 2), (2, 1), (2, 4)]
+
+
+@pytest.mark.parametrize(("rule", "pairs"), [
+    (PairRule("best_vs_worst"), [(0, 1)]),
+    (PairRule("best_vs_worst", min_gap=3), []),
+    (PairRule("best_vs_worst", max_pairs=5), [(0, 1)]),
+    (PairRule("all_ordered"), ALL_ORDERED),
+    (PairRule("all_ordered", max_pairs=3), ALL_ORDERED[:3]),
+    (PairRule("all_ordered", min_gap=2), ALL_ORDERED[:4]),
+    (PairRule("all_ordered", min_gap=2, max_pairs=1), [(0, 1)]),
+])
+def test_select_pairs(rule: PairRule, pairs: list[tuple[int, int]]) -> None:
+    assert select_pairs(SCORES, rule) == pairs
+
+
+@pytest.mark.parametrize("scores", [[], [-1], [-1, -1, -1], [0, 0]])
+@pytest.mark.parametrize("kind", ["best_vs_worst", "all_ordered"])
+def test_ties_are_never_paired(scores: list[int], kind: str) -> None:
+    assert select_pairs(scores, PairRule(kind)) == []
+
+
+def test_ties_break_by_candidate_order() -> None:
+    assert select_pairs([-1, 0, -1, 0], PairRule("best_vs_worst")) == [(1, 0)]
+    assert select_pairs([-1, 0, -1, 0], PairRule("all_ordered")) == [(1, 0), (1, 2), (3, 0), (3, 2)]
+
+
+@pytest.mark.parametrize(("kwargs", "message"), [
+    ({"kind": "random"}, "unknown pair rule 'random'"),
+    ({"min_gap": 0}, "min_gap must be >= 1 .* got 0"),
+    ({"max_pairs": 0}, "max_pairs must be >= 1 or null, got 0"),
+])
+def test_pair_rule_errors_name_the_value(kwargs: dict, message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        PairRule(**kwargs)
+
+
+# ---------------------------------------------------------------- the RLAIF-V-Dataset schema
+
+# The hub dataset's features (openbmb/RLAIF-V-Dataset, its dataset card).
+HUB_FEATURES = datasets.Features({
+    "ds_name": datasets.Value("string"), "image": datasets.Image(), "question": datasets.Value("string"),
+    "chosen": datasets.Value("string"), "rejected": datasets.Value("string"),
+    "origin_dataset": datasets.Value("string"), "origin_split": datasets.Value("string"),
+    "idx": datasets.Value("int64"), "image_path": datasets.Value("string"),
+})
+CFG = WorldConfig()
+IMAGES = [encode_image(render(scene, CFG)) for scene in make_fresh_scenes(CFG, 2, seed=3)]
+PROMPTS = [Prompt("p0", IMAGES[0], "Describe the image."),
+           Prompt("p1", IMAGES[1], "What do you see in this image?", image_path="coco/0001.jpg")]
+CANDIDATES = [["A red ball is in the top left.", "A blue star is in the top left.", "There is a tent."],
+              ["A green box is at the bottom.", "A green box and a kite are at the bottom."]]
+PAIRS = [[(0, 1), (2, 1)], [(0, 1)]]
+
+
+def test_pairs_are_written_in_the_rlaifv_schema_and_load_like_the_hub_dataset(tmp_path) -> None:
+    rows = pair_records(PROMPTS, CANDIDATES, PAIRS, "rlaifv-round-1", "world-fresh", "round-1", first_idx=10)
+    path = write_parquet(rows, tmp_path / "pairs" / "round-1.parquet")
+    assert [p.name for p in path.parent.iterdir()] == ["round-1.parquet"]  # written atomically, nothing left over
+    assert datasets.Features.from_arrow_schema(pq.read_schema(path)) == HUB_FEATURES
+
+    hub_rows = [  # the same pairs as the hub dataset holds them
+        {"ds_name": "rlaifv-round-1", "image": {"bytes": IMAGES[0], "path": None}, "question": "Describe the image.",
+         "chosen": "A red ball is in the top left.", "rejected": "A blue star is in the top left.",
+         "origin_dataset": "world-fresh", "origin_split": "round-1", "idx": 10, "image_path": "world-fresh/p0"},
+        {"ds_name": "rlaifv-round-1", "image": {"bytes": IMAGES[0], "path": None}, "question": "Describe the image.",
+         "chosen": "There is a tent.", "rejected": "A blue star is in the top left.",
+         "origin_dataset": "world-fresh", "origin_split": "round-1", "idx": 11, "image_path": "world-fresh/p0"},
+        {"ds_name": "rlaifv-round-1", "image": {"bytes": IMAGES[1], "path": None},
+         "question": "What do you see in this image?", "chosen": "A green box is at the bottom.",
+         "rejected": "A green box and a kite are at the bottom.", "origin_dataset": "world-fresh",
+         "origin_split": "round-1", "idx": 12, "image_path": "coco/0001.jpg"},
+    ]
+    hub_path = tmp_path / "hub.parquet"
+    datasets.Dataset.from_list(hub_rows, features=HUB_FEATURES).to_parquet(str(hub_path))
+    ours, hub = load_raw(str(path)), load_raw(str(hub_path))
+    assert ours.column_names == hub.column_names == list(RLAIFV_COLUMNS) and ours.features == hub.features
+    read, bad = normalise_preferences(ours, str(path), on_bad_row="error")
+    expected, _ = normalise_preferences(hub, str(hub_path), on_bad_row="error")
+    assert read == expected and bad.count == 0
+    assert [r["uid"] for r in read] == ["10", "11", "12"]
+    assert read[2]["image"] == IMAGES[1] and read[2]["rejected"] == "A green box and a kite are at the bottom."
+    assert json.loads(read[0]["source"]) == {"ds_name": "rlaifv-round-1", "origin_dataset": "world-fresh",
+                                             "origin_split": "round-1", "idx": 10, "image_path": "world-fresh/p0"}
+
+
+@pytest.mark.parametrize(("pairs", "message"), [
+    ([[(0, 3)], []], r"prompt 'p0': pair \(0, 3\) does not name two of its 3 candidates"),
+    ([[], [(1, 1)]], r"prompt 'p1': pair \(1, 1\)"),
+    ([[]], "2 prompts, 2 candidate lists and 1 pair lists"),
+])
+def test_pair_records_errors_name_the_prompt(pairs: list, message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        pair_records(PROMPTS, CANDIDATES, pairs, "ds", "origin")
