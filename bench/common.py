@@ -44,7 +44,9 @@ def machine() -> dict[str, Any]:
 
     info = {"python": platform.python_version(), "cpus": os.cpu_count(), "torch": torch.__version__,
             "transformers": transformers.__version__, "cuda": torch.cuda.is_available(),
-            "torch_threads": torch.get_num_threads()}
+            "torch_threads": torch.get_num_threads(),
+            # glibc allocator settings the runs inherit (they change peak RSS; see bench/README)
+            "malloc_env": {k: v for k, v in os.environ.items() if k.startswith("MALLOC_")}}
     if torch.cuda.is_available():
         info["gpu"] = torch.cuda.get_device_name(0)
     try:

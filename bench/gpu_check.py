@@ -32,6 +32,7 @@ Steps for one model (LLaVA, then Qwen), with what they should take on one H200:
     build   config + processor + random bf16 weights, saved          ~15-30 s
     full    load_model (bf16)                                         ~5-15 s
             reference pass: reference_logps, 32 pairs, batch 8       ~3-5 s (after one untimed warm-up batch)
+            the same pass, one row per answer (no shared prefix)     ~4-8 s: the shared prefix's speed-up
             train_ddpo: 4 full-fine-tuning steps, pure bf16          ~8-15 s, then its final save ~10-20 s
     qlora   load_model (4-bit NF4, quantised while loading)           ~15-40 s
             reference pass with the 4-bit model                       ~3-6 s
@@ -111,6 +112,7 @@ from rlhfv_nb.files import write_json  # noqa: E402
 from rlhfv_nb.layout import TrainingFolder  # noqa: E402
 from rlhfv_nb.logps import reference_logps  # noqa: E402
 from rlhfv_nb.modeling import TINY_CHAT_TEMPLATE, load_model, load_processor, train_tokenizer  # noqa: E402
+from rlhfv_nb.pair_logps import shares_prefix  # noqa: E402
 from rlhfv_nb.pipeline import ddpo_dataset  # noqa: E402
 from rlhfv_nb.planner import CUDA_OVERHEAD, GIB, ModelShape, Plan, Setup, estimate  # noqa: E402
 from rlhfv_nb.processing import without_video  # noqa: E402
@@ -591,13 +593,20 @@ def reference_phase(ctx: Context, model: Any, processor: Any, rows: list[dict], 
     folder = ctx.work / f"ref-{record['family']}-{record['phase']}"
     try:
         reference_logps(model, processor, rows[:batch], folder / "warmup.jsonl", batch, progress=False)
-        collate_s = timed(lambda: PairCollator(processor)(rows[:batch]))
+        collate_s = timed(lambda: PairCollator(processor, shares_prefix(model, cfg.model.family))(rows[:batch]))
         with measured(ctx.device, ctx.baseline_mib) as m:
-            reference = reference_logps(model, processor, rows, folder / "reference.jsonl", batch, progress=False)
+            reference = reference_logps(model, processor, rows, folder / "reference.jsonl", batch, progress=False,
+                                        family=cfg.model.family)
+        # the same pass with every answer in its own row (image and prompt encoded twice per pair)
+        with measured(ctx.device, ctx.baseline_mib) as unshared:
+            reference_logps(model, processor, rows, folder / "unshared.jsonl", batch, progress=False,
+                            share_prefix=False)
     finally:
         shutil.rmtree(folder, ignore_errors=True)
     steps = math.ceil(len(rows) / batch)
-    record["measured"] = {**m, "steps": steps, "step_s": m["wall_s"] / steps, "collate_s": collate_s}
+    record["measured"] = {**m, "steps": steps, "step_s": m["wall_s"] / steps, "collate_s": collate_s,
+                          "unshared_step_s": unshared["wall_s"] / steps,
+                          "shared_prefix_speedup": unshared["wall_s"] / m["wall_s"]}
     compare(record, plan, stats["tokens_total"] / steps, ctx.peak_tflops)
     values = [v for entry in reference.values() for side in ("chosen", "rejected") for v in entry[side]]
     record["measured"]["mean_token_logp"] = statistics.mean(values)
@@ -608,7 +617,8 @@ def ddpo_phase(ctx: Context, model: Any, processor: Any, rows: list[dict], refer
                stats: dict, record: dict[str, Any], plan: Plan) -> None:
     """`train_ddpo` for `max_steps` steps; step times from its own per-step log records."""
     pairs = ddpo_dataset(rows, reference, cfg.ddpo.gamma, cfg.ddpo.min_match)
-    collate_s = timed(lambda: PairCollator(processor)([pairs[i] for i in range(min(cfg.ddpo.batch_size, len(pairs)))]))
+    collator = PairCollator(processor, shares_prefix(model, cfg.model.family, cfg.ddpo.share_prefix))
+    collate_s = timed(lambda: collator([pairs[i] for i in range(min(cfg.ddpo.batch_size, len(pairs)))]))
     folder = ctx.work / f"ddpo-{record['family']}-{record['phase']}"
     watch = LogTimes(TrainingFolder(folder).log)
     watch.start()
@@ -811,7 +821,7 @@ def markdown(report: dict[str, Any]) -> str:
     env = report["environment"]
     header = ["model", "phase", "memory measured/planned", "step time measured/planned", "peak memory (GiB)",
               "planned (GiB)", "step (s)", "planned step (s)", "tokens/s", "MFU", "MFU, vision frozen", "pairs/step",
-              "max length", "wall (s)", "status"]
+              "max length", "wall (s)", "shared-prefix speed-up", "status"]
     rows = []
     for r in report["phases"]:
         m, p, ratio = r.get("measured", {}), r.get("planned", {}), r.get("ratio", {})
@@ -819,7 +829,8 @@ def markdown(report: dict[str, Any]) -> str:
         rows.append([r["family"], f"{r['phase']} ({r['precision']})", ratio.get("memory"), ratio.get("step_time"),
                      m.get("peak_memory_gib"), p.get("memory_gib_without_cuda_context"), m.get("step_s"),
                      p.get("step_s"), m.get("tokens_per_s"), m.get("mfu"), m.get("mfu_vision_frozen"),
-                     setup.get("batch_per_gpu"), setup.get("seq_len"), m.get("wall_s"), r["status"]])
+                     setup.get("batch_per_gpu"), setup.get("seq_len"), m.get("wall_s"), m.get("shared_prefix_speedup"),
+                     r["status"]])
     models = [[key, params_text(m["params"]), m.get("build", {}).get("wall_s"),
                m["loads"].get("full", {}).get("wall_s"), m["loads"].get("qlora", {}).get("wall_s"),
                m.get("data", {}).get("tokens_per_pair"), m.get("data", {}).get("max_length")]

@@ -46,6 +46,7 @@ class ArmSpec:
     work_dir: str
     eval_reference: str  # per-token log-probs of the initial model, written by the first `ours` run
     gamma: float = 1.0
+    share_prefix: bool = True  # ours: one image-and-prompt encoding per pair (training and reference pass)
     beta: float = 0.1
     lr: float = 5e-4
     scheduler: str = "linear"
@@ -70,7 +71,7 @@ class ArmSpec:
         return DDPOConfig(gamma=self.gamma, beta=self.beta, use_average=False, epochs=self.epochs, grad_accum=1,
                           max_steps=self.max_steps, batch_size=self.batch_size, lr=self.lr, scheduler=self.scheduler,
                           warmup_ratio=0.0, weight_decay=0.0, logging_steps=1, bf16=self.bf16,
-                          ref_batch_size=self.ref_batch_size)
+                          ref_batch_size=self.ref_batch_size, share_prefix=self.share_prefix)
 
 
 class Clock(TrainerCallback):
@@ -130,10 +131,11 @@ def token_rows(spec: ArmSpec, processor: Any) -> list[dict[str, Any]]:
     return tokenise_pairs(cfg, processor, Path(spec.pairs_path))[0]
 
 
-def fresh_reference(model: Any, processor: Any, rows: list[dict[str, Any]], path: Path, batch: int) -> dict:
+def fresh_reference(model: Any, processor: Any, rows: list[dict[str, Any]], path: Path, batch: int,
+                    share_prefix: bool = True) -> dict:
     """Per-token log-probs of `rows`, computed now (an old cache file at `path` is removed first)."""
     path.unlink(missing_ok=True)
-    return reference_logps(model, processor, rows, path, batch, progress=False)
+    return reference_logps(model, processor, rows, path, batch, progress=False, share_prefix=share_prefix)
 
 
 def keep_for_evaluation(cache: Path, eval_reference: Path) -> None:
@@ -146,7 +148,8 @@ def build_ours(spec: ArmSpec, clock: Clock) -> tuple[Any, Any, list[dict[str, An
     """rlhfv_nb: load, tokenise, one reference pass, then a `DDPOTrainer` without any reference model."""
     processor, model = load(spec)
     rows = token_rows(spec, processor)
-    reference = fresh_reference(model, processor, rows, Path(spec.work_dir) / "ref-ours.jsonl", spec.ref_batch_size)
+    reference = fresh_reference(model, processor, rows, Path(spec.work_dir) / "ref-ours.jsonl", spec.ref_batch_size,
+                                spec.share_prefix)
     keep_for_evaluation(Path(spec.work_dir) / "ref-ours.jsonl", Path(spec.eval_reference))
     pairs = ddpo_dataset(rows, reference, spec.gamma, min_match=3)
     cfg = spec.ddpo_cfg()
@@ -245,7 +248,8 @@ def run(spec: ArmSpec) -> dict[str, Any]:
     steps = clock.step_times()
     steps_per_epoch = -(-len(rows) // spec.batch_size)
     return {
-        "arm": spec.arm, "gamma": spec.gamma if spec.arm == "ours" else None, "import_s": import_s,
+        "arm": spec.arm, "gamma": spec.gamma if spec.arm == "ours" else None,
+        "share_prefix": spec.share_prefix if spec.arm == "ours" else None, "import_s": import_s,
         "threads": torch.get_num_threads(), "setup_s": clock.times("train_begin")[0],
         "setup_cpu_s": clock.times("train_begin", cpu=True)[0], "steps": len(steps), "step_s": _median(steps),
         "step_cpu_s": _median(clock.step_times(cpu=True)), "step_times": steps,

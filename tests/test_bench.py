@@ -21,9 +21,12 @@ def test_train_vs_trl_minimal(tmp_path, capsys):
             "--results-dir", str(tmp_path)]
     report = train_vs_trl.main(args + ([] if HAVE_TRL else ["--skip-trl"]))
     assert (tmp_path / "train_vs_trl-tiny-full-float32.json").exists()
-    assert {run["label"] for run in report["runs"]} == ({"ours-g1", "trl"} if HAVE_TRL else {"ours-g1"})
+    ours_labels = {"ours-g1", "ours-g1-unshared"}
+    assert {run["label"] for run in report["runs"]} == (ours_labels | {"trl"} if HAVE_TRL else ours_labels)
     assert all(run["steps"] == 2 and run["peak_rss_mib"] > 0 for run in report["runs"])
     assert "| time per optimizer step (s) |" in capsys.readouterr().out
+    # one image-and-prompt encoding per pair trains exactly as one row per answer
+    assert report["targets"]["ours-g1"]["same_loss_met"]
     if not HAVE_TRL:
         pytest.skip("trl is not installed (pip install -e '.[bench]'): only the rlhfv_nb arm ran")
     ours, trl = (report["summary"][k] for k in ("ours-g1", "trl"))
