@@ -14,6 +14,7 @@ import logging
 from typing import Any
 
 import torch
+from accelerate.utils import extract_model_from_parallel
 from transformers import PreTrainedModel
 
 from rlhfv_nb.config import FamilyConfig
@@ -29,6 +30,8 @@ PACKING_KEYS = ("segments", "positions", "blocks")
 
 
 def _base(model: Any) -> Any:
+    """The transformers model inside distributed (DDP, DeepSpeed, FSDP) and peft wrappers."""
+    model = extract_model_from_parallel(model)
     return model.get_base_model() if hasattr(model, "get_base_model") else model
 
 
@@ -78,7 +81,7 @@ def _as_mask(seen: torch.Tensor, model: Any) -> torch.Tensor:
     seen = seen[:, None]
     if attention_implementation(model) == "sdpa":
         return seen
-    dtype = model.dtype
+    dtype = _base(model).dtype
     return torch.zeros(seen.shape, dtype=dtype, device=seen.device).masked_fill(~seen, torch.finfo(dtype).min)
 
 
