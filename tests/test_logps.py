@@ -25,7 +25,7 @@ def tiny(tmp_path_factory):
 
 
 class ForwardRows:
-    """Counts the sequences the model runs forward (chosen + rejected: two per pair)."""
+    """Counts the rows the model runs forward (one per pair: its prompt, then chosen and rejected)."""
 
     def __init__(self, model: torch.nn.Module):
         self.rows = 0
@@ -85,7 +85,7 @@ def test_truncated_last_line_is_ignored_and_recomputed_once(tiny, tmp_path):
     assert list(cached) == [r["uid"] for r in rows[:-1]]
     with ForwardRows(model) as resumed:
         again = reference_logps(model, processor, rows, path, batch_size=6, progress=False)
-    assert resumed.rows == 2  # just the pair whose line was cut
+    assert resumed.rows == 1  # just the pair whose line was cut (one row: shared prefix)
     assert again[rows[-1]["uid"]]["chosen"] == pytest.approx(full[rows[-1]["uid"]]["chosen"], abs=1e-6)
     # the repaired file now holds every entry: nothing is computed a second time
     assert list(read_cache(path)) == [r["uid"] for r in rows]
@@ -143,7 +143,7 @@ def test_corrupt_cache_lines_are_recomputed_not_trusted(tiny, tmp_path):
     assert set(read_cache(path, rows)) == {rows[i]["uid"] for i in (0, 1, 5)}
     with ForwardRows(model) as resumed:
         again = reference_logps(model, processor, rows, path, batch_size=6, progress=False)
-    assert resumed.rows == 2 * 3  # rows 2, 3 and 4 are computed again
+    assert resumed.rows == 3  # rows 2, 3 and 4 are computed again (one row each)
     for row in rows:
         assert again[row["uid"]]["chosen"] == pytest.approx(full[row["uid"]]["chosen"], abs=1e-6)
     assert set(read_cache(path, rows)) == {r["uid"] for r in rows}
