@@ -1,5 +1,7 @@
 """Gradio demo: the SFT and the DDPO model answer one image and question side by side, streamed, with the
-object mentions that CHAIR judges hallucinated marked when the objects in the image are known.
+object mentions that CHAIR judges hallucinated marked when the objects in the image are known, and, on the
+synthetic world when their colours and places are known too, the wrong colours and places of the objects that are
+there (`world_eval.check_attributes`).
 
 Safe by default: binds `demo.host` (127.0.0.1) without a share link, caps upload size and image sides,
 answers bad uploads with a message instead of a traceback, and queues requests.
@@ -23,14 +25,18 @@ from rlhfv_nb import pipeline, world_eval
 from rlhfv_nb.compare import Answerer, load_answerers
 from rlhfv_nb.config import Config, DemoConfig, looks_like_local_path, project_root
 from rlhfv_nb.data import DataError, decode_image
-from rlhfv_nb.display import answers_html
+from rlhfv_nb.display import answers_html, verdict_text
 from rlhfv_nb.evaluate.chair import ChairVocabulary, extract_mentions
 from rlhfv_nb.generate import GenerationSettings
 from rlhfv_nb.portable import portable
-from rlhfv_nb.world import Scene
+from rlhfv_nb.world import Scene, WorldConfig
+from rlhfv_nb.world_eval import AttributeCheck, check_attributes, scene_from_text, scene_text, wrong_spans
 
 HALLUCINATED, PRESENT, UNJUDGED = "hallucinated", "in the image", "object (not judged)"
-COLORS = {HALLUCINATED: "#f87171", PRESENT: "#86efac", UNJUDGED: "#d1d5db"}
+WRONG_COLOR, WRONG_PLACE = "wrong colour", "wrong place"
+OBJECT_LABELS = (HALLUCINATED, PRESENT, UNJUDGED)
+COLORS = {HALLUCINATED: "#f87171", PRESENT: "#86efac", UNJUDGED: "#d1d5db", WRONG_COLOR: "#fdba74",
+          WRONG_PLACE: "#93c5fd"}
 QUEUE_SIZE = 32  # waiting requests beyond this are refused with "queue full"
 CSS = (
     "#image img { image-rendering: pixelated; width: 100%; height: 100%; object-fit: contain; }"  # tiny images
@@ -41,9 +47,14 @@ CSS = (
 INTRO = f"""# RLHF-V: SFT vs DDPO
 Upload an image (or pick an example below), ask a question, and both models answer side by side.
 Object mentions are marked: <span style="background:{COLORS[HALLUCINATED]}">{HALLUCINATED}</span> (not in the
-image, as CHAIR judges it), <span style="background:{COLORS[PRESENT]}">{PRESENT}</span>. **Without ground truth**
+image, as CHAIR judges it), <span style="background:{COLORS[PRESENT]}">{PRESENT}</span>. On the synthetic world,
+when every object is given with its colour and place ("red ball in the top left, blue box in the bottom right"),
+colours and places stated for objects that are there are checked too:
+<span style="background:{COLORS[WRONG_COLOR]}">{WRONG_COLOR}</span>,
+<span style="background:{COLORS[WRONG_PLACE]}">{WRONG_PLACE}</span>. **Without ground truth**
 (the objects field left empty) mentions are only found, not judged, and shown
-<span style="background:{COLORS[UNJUDGED]}">grey</span>. The example images come with their true objects.
+<span style="background:{COLORS[UNJUDGED]}">grey</span>. The example images come with their true objects, colours
+and places.
 """
 
 Spans = list[tuple[str, str | None]]
@@ -129,14 +140,20 @@ def ground_truth(objects: str, vocab: ChairVocabulary) -> set[str] | None:
     return present
 
 
-def highlight(text: str, vocab: ChairVocabulary, present: set[str] | None) -> Spans:
-    """`text` cut into (piece, label) spans: object mentions labelled hallucinated/present, or unjudged."""
+def highlight(text: str, vocab: ChairVocabulary, present: set[str] | None,
+              checks: list[AttributeCheck] | None = None) -> Spans:
+    """`text` cut into (piece, label) spans: object mentions labelled hallucinated/present, or unjudged, and the
+    wrong colours and places of `checks` (`world_eval.check_attributes` of `text`)."""
+    marks = [(m.start, m.end, UNJUDGED if present is None else PRESENT if m.category in present else HALLUCINATED)
+             for m in extract_mentions(text, vocab)]
+    colors, places = wrong_spans(checks or [])
+    marks += [(*span, WRONG_COLOR) for span in colors] + [(*span, WRONG_PLACE) for span in places]
     spans: Spans = []
     last = 0
-    for mention in extract_mentions(text, vocab):
-        label = UNJUDGED if present is None else PRESENT if mention.category in present else HALLUCINATED
-        spans += [(text[last : mention.start], None), (text[mention.start : mention.end], label)]
-        last = mention.end
+    for start, end, label in sorted(marks):
+        if start >= last:  # a mark overlapping an earlier one is dropped
+            spans += [(text[last:start], None), (text[start:end], label)]
+            last = end
     spans.append((text[last:], None))
     return [(piece, label) for piece, label in spans if piece]
 
@@ -148,30 +165,34 @@ def spans_html(spans: Spans) -> str:
                    for piece, label in spans)
 
 
-def verdict(name: str, spans: Spans) -> str:
-    """One line per answer: how many object mentions were hallucinated, and which."""
-    labels = [label for _, label in spans if label]
+def verdict(name: str, spans: Spans, attributes_checked: bool = False) -> str:
+    """One line per answer: how many object mentions were hallucinated, and which; with `attributes_checked`, the
+    wrong colours and places too ("0 of 3 object mention(s) hallucinated; 2 wrong places: ...")."""
+    labels = [label for _, label in spans if label in OBJECT_LABELS]
     if not labels:
         return f"**{name}**: no object mentioned."
     if UNJUDGED in labels:
         return f"**{name}**: {len(labels)} object mention(s), not judged."
-    wrong = sorted({piece.lower() for piece, label in spans if label == HALLUCINATED})
-    listed = f": {', '.join(wrong)}" if wrong else ""
-    return f"**{name}**: {labels.count(HALLUCINATED)} of {len(labels)} object mention(s) hallucinated{listed}."
+    colors, places = ([piece for piece, label in spans if label == wanted] if attributes_checked else None
+                      for wanted in (WRONG_COLOR, WRONG_PLACE))
+    hallucinated = [piece for piece, label in spans if label == HALLUCINATED]
+    return f"**{name}**: {verdict_text(len(labels), hallucinated, colors, places)}."
 
 
 def world_examples(cfg: Config, folder: Path, count: int = 4) -> list[Example]:
-    """The first `count` held-out world images of a synthetic run with a description prompt and true objects."""
+    """The first `count` held-out world images of a synthetic run with a description prompt and their objects, each
+    with its colour and place (`world_eval.scene_text`)."""
     if not cfg.layout.world_synonyms.exists():
         return []
     vocabulary = world_eval.world_vocabulary(cfg).name
+    world = pipeline.world_config(cfg)
     examples = []
     for item in world_eval.eval_items(cfg):
         if item["qtype"] != "describe" or len(examples) == count:
             continue
         path = Path(folder) / f"world-{item['image_id']}.png"
         path.write_bytes(item["image"])
-        objects = ", ".join(sorted(Scene.from_dict(json.loads(item["scene"])).kinds))
+        objects = scene_text(Scene.from_dict(json.loads(item["scene"])), world)
         examples.append(Example(str(path), item["question"], objects, vocabulary))
     return examples
 
@@ -186,6 +207,7 @@ class Demo:
     cfg: DemoConfig
     settings: GenerationSettings
     examples: list[Example]
+    world: WorldConfig | None = None  # the synthetic world of the run, whose colours and places can be checked
 
     @classmethod
     def from_config(cls, cfg: Config, sft: str | None = None, ddpo: str | None = None,
@@ -199,17 +221,28 @@ class Demo:
         made_by = {name: MADE_BY[name] for name, given in (("SFT", sft), ("DDPO", ddpo)) if not given}
         check_models(paths, made_by, params or f"params/{cfg.name}.yaml")
         vocabularies = {"coco": ChairVocabulary.coco()}
+        world = None
         if cfg.layout.world_synonyms.exists():
-            world = world_eval.world_vocabulary(cfg)
-            vocabularies = {world.name: world, **vocabularies}
+            vocab = world_eval.world_vocabulary(cfg)
+            vocabularies = {vocab.name: vocab, **vocabularies}
+            world = pipeline.world_config(cfg)
         settings = GenerationSettings(max_new_tokens=cfg.demo.max_new_tokens,
                                       repetition_penalty=cfg.evaluation.repetition_penalty, seed=cfg.seed)
         examples = world_examples(cfg, Path(tempfile.mkdtemp(prefix="rlhfv-demo-")))
         return cls(portable(paths, cfg.run_path), load_answerers(paths, cfg.model), vocabularies, cfg.demo, settings,
-                   examples)
+                   examples, world)
+
+    def _scene(self, objects: str, vocab: ChairVocabulary) -> Scene | None:
+        """The world scene the objects field gives (every object with colour and place), else None."""
+        if self.world is None or vocab.name != world_eval.WORLD_VOCABULARY:
+            return None
+        try:
+            return scene_from_text(objects, self.world)
+        except ValueError as err:
+            raise DemoInputError(str(err)) from err
 
     def _inputs(self, image: Any, question: str, objects: str, vocabulary: str
-                ) -> tuple[Image.Image, str, ChairVocabulary, set[str] | None]:
+                ) -> tuple[Image.Image, str, ChairVocabulary, set[str] | None, Scene | None]:
         path = image.get("path") if isinstance(image, dict) else image
         if not path:
             raise DemoInputError("Upload an image or pick an example first.")
@@ -218,20 +251,22 @@ class Demo:
         if vocabulary not in self.vocabularies:
             raise DemoInputError(f"Unknown vocabulary {vocabulary!r}; choose one of {', '.join(self.vocabularies)}.")
         vocab = self.vocabularies[vocabulary]
-        return read_image(path, self.cfg), question.strip(), vocab, ground_truth(objects or "", vocab)
+        present = ground_truth(objects or "", vocab)
+        return read_image(path, self.cfg), question.strip(), vocab, present, self._scene(objects or "", vocab)
 
     def respond(self, image: Any, question: str, objects: str, vocabulary: str) -> Iterator[tuple[Any, ...]]:
         """Yield (spans per model..., status) as the models answer in turn; bad inputs raise `gr.Error`."""
         try:
-            picture, question, vocab, present = self._inputs(image, question, objects, vocabulary)
+            picture, question, vocab, present, scene = self._inputs(image, question, objects, vocabulary)
         except DemoInputError as err:
             raise gr.Error(str(err), print_exception=False) from err
         spans: dict[str, Spans] = {name: [] for name in self.answerers}
         for name, answerer in self.answerers.items():
             for text in answerer.stream(picture, question, self.settings):
-                spans[name] = highlight(text, vocab, present)
+                checks = check_attributes(text, scene, self.world) if scene is not None else None
+                spans[name] = highlight(text, vocab, present, checks)
                 yield *spans.values(), f"*{name} is answering...*"
-        lines = [verdict(name, s) for name, s in spans.items()]
+        lines = [verdict(name, s, attributes_checked=scene is not None) for name, s in spans.items()]
         if present is None:
             lines.append("No ground truth given: object mentions are marked but not judged. "
                          "Enter the objects in the image to judge them.")
@@ -254,8 +289,10 @@ class Demo:
                 image = gr.Image(type="filepath", sources=["upload"], label="Image", elem_id="image", height=280)
                 with gr.Column():
                     question = gr.Textbox(label="Question", value="Describe the image in detail.", elem_id="question")
-                    objects = gr.Textbox(label="Objects in the image (optional ground truth, comma-separated)",
-                                         placeholder="e.g. dog, frisbee, person", elem_id="objects")
+                    objects = gr.Textbox(label="Objects in the image (optional ground truth, comma-separated; on the "
+                                               "world with colour and place to check those too)",
+                                         placeholder="e.g. dog, frisbee, person; red ball in the top left",
+                                         elem_id="objects")
                     vocabulary = gr.Radio(list(self.vocabularies), value=next(iter(self.vocabularies)),
                                           label="Object vocabulary")
                     ask = gr.Button("Ask both models", variant="primary", elem_id="ask")

@@ -6,14 +6,18 @@ import base64
 import difflib
 import html
 import io
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 from rlhfv_nb.data import decode_image
+from rlhfv_nb.evaluate.chair import ResponseDetail
+from rlhfv_nb.world_eval import AttributeDetail, WorldScores, wrong_spans
 
 REMOVED = "background:#fdd;text-decoration:line-through"
 ADDED = "background:#dfd"
 HALLUCINATED = "background:#fbb;font-weight:bold"
+WRONG_COLOR = "background:#fed7aa"
+WRONG_PLACE = "background:#bfdbfe"
 
 
 def image_html(data: bytes, size: int = 144) -> str:
@@ -44,13 +48,19 @@ def correction_html(rejected: str, chosen: str) -> tuple[str, str]:
 
 
 def marked_html(text: str, spans: Iterable[tuple[int, int]], style: str = HALLUCINATED) -> str:
-    """`text` with the character spans (e.g. hallucinated object mentions) highlighted.
+    """`text` with the character spans (e.g. hallucinated object mentions) highlighted in one style."""
+    return styled_html(text, [(start, end, style) for start, end in spans])
 
-    Overlapping spans are merged and white space at a span's edges stays outside the highlight, so a marked
-    word reads like the text around it ("a <mark>tent</mark> is"), never with a highlighted space.
+
+def styled_html(text: str, spans: Iterable[tuple[int, int, str]]) -> str:
+    """`text` with each character span (start, end, CSS style) highlighted in its style.
+
+    Overlapping spans are merged (in the first one's style) and white space at a span's edges stays outside the
+    highlight, so a marked word reads like the text around it ("a <mark>tent</mark> is"), never with a highlighted
+    space.
     """
     out, last = [], 0
-    for start, end in _merged(_trimmed(text, spans)):
+    for start, end, style in _merged(_trimmed(text, spans)):
         out.append(html.escape(text[last:start]))
         out.append(f'<span style="{style}">{html.escape(text[start:end])}</span>')
         last = end
@@ -58,29 +68,52 @@ def marked_html(text: str, spans: Iterable[tuple[int, int]], style: str = HALLUC
     return "".join(out)
 
 
-def _trimmed(text: str, spans: Iterable[tuple[int, int]]) -> list[tuple[int, int]]:
+def _trimmed(text: str, spans: Iterable[tuple[int, int, str]]) -> list[tuple[int, int, str]]:
     """The spans, clipped to `text`, without the white space at their edges; empty ones dropped."""
     kept = []
-    for start, end in spans:
+    for start, end, style in spans:
         start, end = max(0, start), min(len(text), end)
         while start < end and text[start].isspace():
             start += 1
         while end > start and text[end - 1].isspace():
             end -= 1
         if start < end:
-            kept.append((start, end))
+            kept.append((start, end, style))
     return kept
 
 
-def _merged(spans: list[tuple[int, int]]) -> list[tuple[int, int]]:
-    """Sorted spans with the overlapping ones joined."""
-    merged: list[tuple[int, int]] = []
-    for start, end in sorted(spans):
+def _merged(spans: list[tuple[int, int, str]]) -> list[tuple[int, int, str]]:
+    """Sorted spans with the overlapping ones joined, in the style of the first."""
+    merged: list[tuple[int, int, str]] = []
+    for start, end, style in sorted(spans):
         if merged and start < merged[-1][1]:
-            merged[-1] = (merged[-1][0], max(end, merged[-1][1]))
+            merged[-1] = (merged[-1][0], max(end, merged[-1][1]), merged[-1][2])
         else:
-            merged.append((start, end))
+            merged.append((start, end, style))
     return merged
+
+
+def _listed(words: Sequence[str]) -> str:
+    """": a, b" for the distinct words (lower-cased, sorted); "" for none."""
+    distinct = sorted({word.lower() for word in words})
+    return f": {', '.join(distinct)}" if distinct else ""
+
+
+def verdict_text(mentions: int, hallucinated: Sequence[str], wrong_colors: Sequence[str] | None = None,
+                 wrong_places: Sequence[str] | None = None) -> str:
+    """How an answer fared, in words: "2 of 3 object mention(s) hallucinated: cats, sofa" ("no object mentioned").
+
+    With the wrong colours and places of an answer whose attributes were checked (lists, possibly empty), it goes
+    on: "; 2 wrong places: in the bottom left, in the top left" or "; colours and places right".
+    """
+    if not mentions:
+        return "no object mentioned"
+    text = f"{len(hallucinated)} of {mentions} object mention(s) hallucinated{_listed(hallucinated)}"
+    if wrong_colors is None or wrong_places is None:
+        return text
+    wrong = [f"{len(found)} wrong {what}{'' if len(found) == 1 else 's'}{_listed(found)}"
+             for what, found in (("colour", wrong_colors), ("place", wrong_places)) if found]
+    return f"{text}; {'; '.join(wrong) if wrong else 'colours and places right'}"
 
 
 def table_html(headers: Sequence[str], rows: Iterable[Sequence[str]]) -> str:
@@ -106,6 +139,33 @@ def answers_html(rows: Iterable[dict[str, Any]], columns: Sequence[str]) -> str:
     """Image, question and one column per model; cells are HTML already (see `marked_html`)."""
     return table_html(["image", "question", *columns],
                       ([image_html(r["image"]), html.escape(r["question"]), *[r[c] for c in columns]] for r in rows))
+
+
+def judged_html(chair: ResponseDetail, attributes: AttributeDetail) -> str:
+    """A world description with its hallucinated objects, wrong colours and wrong places marked, and its verdict."""
+    text = chair.text
+    colors, places = wrong_spans(attributes.checks)
+    marks = [(m.start, m.end, HALLUCINATED) for m in chair.hallucinated if m.start is not None]
+    marks += [(*span, WRONG_COLOR) for span in colors] + [(*span, WRONG_PLACE) for span in places]
+    verdict = verdict_text(len(chair.mentions), [m.word for m in chair.hallucinated],
+                           [text[slice(*span)] for span in colors], [text[slice(*span)] for span in places])
+    return f"{styled_html(text, marks)}<br><small>{html.escape(verdict)}</small>"
+
+
+def world_answers_html(items: Sequence[dict[str, Any]], scores: Mapping[str, WorldScores], count: int = 8) -> str:
+    """The first `count` held-out world images with every model's description judged (`judged_html`), and a legend.
+
+    `scores`: model -> its `world_eval.WorldScores` on `items` (as `evaluate.suite.world_scores` gives them).
+    """
+    chair = {model: {d.id: d for d in s.chair.details} for model, s in scores.items()}
+    attributes = {model: {d.id: d for d in s.attributes.details} for model, s in scores.items()}
+    rows = [{**item, **{model: judged_html(chair[model][item["image_id"]], attributes[model][item["image_id"]])
+                        for model in scores}}
+            for item in [i for i in items if i["qtype"] == "describe"][:count]]
+    legend = " ".join(f'<span style="{style}">{name}</span>' for name, style in
+                      (("hallucinated object", HALLUCINATED), ("wrong colour", WRONG_COLOR),
+                       ("wrong place", WRONG_PLACE)))
+    return f"<p>Marked: {legend}</p>{answers_html(rows, list(scores))}"
 
 
 SUMMARY_KEYS = ("train_runtime", "train_loss")  # the Trainer's end-of-training record, not a logging step

@@ -26,6 +26,8 @@ from rlhfv_nb.demo import (
     HALLUCINATED,
     PRESENT,
     UNJUDGED,
+    WRONG_COLOR,
+    WRONG_PLACE,
     Demo,
     DemoInputError,
     MissingModel,
@@ -39,7 +41,8 @@ from rlhfv_nb.demo import (
 from rlhfv_nb.evaluate.chair import ChairVocabulary
 from rlhfv_nb.generate import GenerationSettings
 from rlhfv_nb.modeling import count_parameters, load_model
-from rlhfv_nb.world_eval import eval_items
+from rlhfv_nb.world import Scene, WorldConfig, WorldObject, synonyms_text
+from rlhfv_nb.world_eval import WORLD_VOCABULARY, check_attributes, eval_items, scene_from_text
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -122,6 +125,31 @@ def test_without_ground_truth_mentions_are_not_judged(coco):
     assert highlight("", coco, None) == [] and verdict("SFT", []) == "**SFT**: no object mentioned."
 
 
+def test_world_answers_get_wrong_colours_and_places_marked():
+    """The issue's case: every object is there, so CHAIR finds nothing; two of the three places are wrong."""
+    world = WorldConfig()
+    vocab = ChairVocabulary.from_synonyms_text(synonyms_text(world), name=WORLD_VOCABULARY)
+    scene = Scene((WorldObject("star", "blue", 0, 1), WorldObject("ball", "green", 1, 0),
+                   WorldObject("box", "red", 1, 1)))
+    text = "A red box is in the bottom right. A blue star is in the bottom left. A green ball is in the top left."
+    spans = highlight(text, vocab, scene.kinds, check_attributes(text, scene, world))
+    assert "".join(piece for piece, _ in spans) == text
+    assert [(p, label) for p, label in spans if label] == [
+        ("box", PRESENT), ("star", PRESENT), ("in the bottom left", WRONG_PLACE), ("ball", PRESENT),
+        ("in the top left", WRONG_PLACE)]
+    assert verdict("DDPO", spans, attributes_checked=True) == (
+        "**DDPO**: 0 of 3 object mention(s) hallucinated; 2 wrong places: in the bottom left, in the top left.")
+    purple = "A purple tent and a blue star."
+    spans = highlight(purple, vocab, scene.kinds, check_attributes(purple, scene, world))
+    assert [(p, label) for p, label in spans if label] == [("tent", HALLUCINATED), ("star", PRESENT)]
+    assert verdict("SFT", spans, attributes_checked=True) == (
+        "**SFT**: 1 of 2 object mention(s) hallucinated: tent; colours and places right.")
+    wrong = "A green box."
+    spans = highlight(wrong, vocab, scene.kinds, check_attributes(wrong, scene, world))
+    assert [(p, label) for p, label in spans if label] == [("green", WRONG_COLOR), ("box", PRESENT)]
+    assert set(COLORS) >= {WRONG_COLOR, WRONG_PLACE}
+
+
 # ---------------------------------------------------------------- models
 def test_two_adapters_share_one_base(run, demo):
     sft, ddpo = demo.answerers["SFT"], demo.answerers["DDPO"]
@@ -168,8 +196,9 @@ def test_examples_are_held_out_world_images_with_their_objects(run, demo):
     assert len(demo.examples) == len(describe) == 3
     for example, item in zip(demo.examples, describe):
         assert example.question == item["question"] and example.vocabulary == "synthetic-world"
-        kinds = {o["kind"] for o in json.loads(item["scene"])["objects"]}
-        assert set(example.objects.split(", ")) == kinds
+        scene = Scene.from_dict(json.loads(item["scene"]))
+        assert scene_from_text(example.objects, demo.world) == scene  # "red ball in the top left, ..."
+        assert ground_truth(example.objects, demo.vocabularies["synthetic-world"]) == scene.kinds
     assert list(demo.vocabularies) == ["synthetic-world", "coco"]
 
 
@@ -180,6 +209,9 @@ def test_respond_streams_then_judges(demo):
     *answers, status = updates[-1]
     assert all(answers) and status.startswith("**SFT**") and "**DDPO**" in status
     assert "not judged" not in status
+    # the examples carry colours and places: the verdict says how those fared too
+    assert all(("wrong" in line or "colours and places right" in line or "no object mentioned" in line)
+               for line in status.splitlines())
 
 
 @pytest.mark.parametrize(("image", "question", "objects", "message"), [
@@ -187,6 +219,7 @@ def test_respond_streams_then_judges(demo):
     ("text", "What is it?", "", "not an image"),
     ("ok", "  ", "", "Type a question"),
     ("ok", "What is it?", "ball, unicorn", "'unicorn' is not an object"),
+    ("ok", "What is it?", "red ball in the center", "'center' is no place of the 2x2 grid"),
 ])
 def test_bad_inputs_raise_user_messages(demo, tmp_path, image, question, objects, message):
     if image == "text":

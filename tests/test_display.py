@@ -3,13 +3,19 @@
 from __future__ import annotations
 
 import html
+import io
+import json
 import re
 
 import matplotlib
 import pandas as pd
+from PIL import Image
 
 from rlhfv_nb import display as show
+from rlhfv_nb.evaluate.chair import ChairVocabulary
 from rlhfv_nb.evaluate.paper import RLHFV_V1, paper_table, paper_table_html
+from rlhfv_nb.world import Scene, WorldConfig, WorldObject, synonyms_text
+from rlhfv_nb.world_eval import world_scores
 
 matplotlib.use("Agg")
 
@@ -35,6 +41,44 @@ def test_overlapping_and_empty_spans_mark_each_character_once() -> None:
     page = show.marked_html(text, [(2, 7), (2, 12), (8, 12), (13, 13), (12, 13), (40, 50)])
     assert _marked(page) == ["teddy bear"] and html.unescape(TAG.sub("", page)) == text
     assert show.marked_html("x < y", []) == "x &lt; y"
+
+
+def test_spans_keep_their_styles() -> None:
+    text = "A red box is in the top left."
+    page = show.styled_html(text, [(6, 9, show.HALLUCINATED), (2, 5, show.WRONG_COLOR), (13, 28, show.WRONG_PLACE),
+                                   (7, 8, show.WRONG_PLACE)])  # inside the box mark: merged into it
+    assert html.unescape(TAG.sub("", page)) == text
+    assert re.findall(r'<span style="([^"]*)">(.*?)</span>', page) == [
+        (show.WRONG_COLOR, "red"), (show.HALLUCINATED, "box"), (show.WRONG_PLACE, "in the top left")]
+
+
+def test_verdicts_in_words() -> None:
+    assert show.verdict_text(3, ["cats", "sofa", "Cats"]) == "3 of 3 object mention(s) hallucinated: cats, sofa"
+    assert show.verdict_text(3, [], [], ["in the top left", "in the bottom left"]) == (
+        "0 of 3 object mention(s) hallucinated; 2 wrong places: in the bottom left, in the top left")
+    assert show.verdict_text(2, ["tent"], ["red"], []) == (
+        "1 of 2 object mention(s) hallucinated: tent; 1 wrong colour: red")
+    assert show.verdict_text(1, [], [], []) == "0 of 1 object mention(s) hallucinated; colours and places right"
+    assert show.verdict_text(0, [], [], []) == "no object mentioned"
+
+
+def test_world_examples_mark_objects_colours_and_places() -> None:
+    cfg = WorldConfig()
+    scene = Scene((WorldObject("star", "blue", 0, 1), WorldObject("box", "red", 1, 1)))
+    vocab = ChairVocabulary.from_synonyms_text(synonyms_text(cfg), name="synthetic-world")
+    buffer = io.BytesIO()
+    Image.new("RGB", (4, 4)).save(buffer, format="PNG")
+    items = [{"id": "d", "image_id": 1, "qtype": "describe", "question": "Describe the image.",
+              "scene": json.dumps(scene.to_dict()), "image": buffer.getvalue()},
+             {"id": "q", "image_id": 1, "qtype": "count", "question": "How many?", "answer": "Two.",
+              "image": buffer.getvalue()}]
+    answer = "A green star is in the top right. A red box is in the top left. A tent is in the bottom left."
+    page = show.world_answers_html(items, {"DDPO": world_scores(items, {"d": answer, "q": "Two."}, vocab, cfg)})
+    assert page.count("<tr>") == 2  # the header and the one description
+    assert re.findall(r'<span style="([^"]*)">(.*?)</span>', page)[3:] == [  # after the legend's three
+        (show.WRONG_COLOR, "green"), (show.WRONG_PLACE, "in the top left"), (show.HALLUCINATED, "tent")]
+    assert ("1 of 3 object mention(s) hallucinated: tent; 1 wrong colour: green; 1 wrong place: in the top left"
+            in page)
 
 
 # ---------------------------------------------------------------- training curves

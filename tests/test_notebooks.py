@@ -54,7 +54,13 @@ def test_every_stage_leaves_its_artifacts(run_folder: Path) -> None:
     for by_benchmark in results.values():
         assert by_benchmark["world_chair"]["status"] == "ok"
         assert by_benchmark["world_chair"]["metrics"]["n_scored"] == SMALL["data"]["eval_images"]
+        assert by_benchmark["world_chair"]["metrics"]["attributes"]["n_descriptions"] == SMALL["data"]["eval_images"]
         assert by_benchmark["world_pope"]["status"] == "ok"
+    # notebook 04's bootstrap intervals (CHAIRs is defined for every model) and its reading of the numbers
+    pairs = [("DDPO gamma=5", "SFT"), ("DPO (gamma=1)", "SFT"), ("DDPO gamma=5", "DPO (gamma=1)")]
+    chairs = [(r["model"], r["vs"]) for r in metrics["evaluation"]["bootstrap"] if r["metric"] == "World CHAIRs"]
+    assert chairs == pairs
+    assert all(f"**{model} vs {vs}**" in metrics["evaluation"]["interpretation"] for model, vs in pairs)
 
 
 def test_the_run_folder_names_no_absolute_path_of_the_machine(run_folder: Path) -> None:

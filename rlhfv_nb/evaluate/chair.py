@@ -224,6 +224,9 @@ def extract_mentions(text: str, vocab: ChairVocabulary) -> list[Mention]:
 
 
 # -- scoring ---------------------------------------------------------------------------------------
+UNSCORED = ("missing_gt", "extraction_failed")  # statuses of responses left out of the metrics
+
+
 @dataclass
 class ResponseDetail:
     """Per-response CHAIR outcome. `status`: ok, empty, skipped_short (LLM path: <= 3 words, not sent, no
@@ -248,6 +251,19 @@ class ResponseDetail:
 class ChairResult:
     summary: dict
     details: list[ResponseDetail]
+
+    def counts(self) -> dict[str, dict[Hashable, tuple[int, int]]]:
+        """Per scored response, the numerator and denominator of CHAIRs, CHAIRs_refine, CHAIRi and recall.
+
+        Summed over responses they give the summary's fractions (a paired bootstrap resamples them).
+        """
+        scored = [d for d in self.details if d.status not in UNSCORED]
+        return {
+            "CHAIRs": {d.id: (int(bool(d.hallucinated)), 1) for d in scored},
+            "CHAIRs_refine": {d.id: (int(bool(d.hallucinated)), int(bool(d.mentions))) for d in scored},
+            "CHAIRi": {d.id: (len(d.hallucinated), len(d.mentions)) for d in scored},
+            "recall": {d.id: (len(set(d.objects) & set(d.gt_objects)), len(d.gt_objects)) for d in scored},
+        }
 
     def to_dict(self) -> dict:
         """JSON-ready form (mentions as dicts)."""

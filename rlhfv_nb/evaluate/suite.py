@@ -20,6 +20,7 @@ from typing import Any
 
 import pandas as pd
 
+from rlhfv_nb import world_eval
 from rlhfv_nb.config import Config
 from rlhfv_nb.evaluate import paper
 from rlhfv_nb.evaluate.benchmarks import BenchmarkDataError
@@ -27,16 +28,25 @@ from rlhfv_nb.evaluate.judge import JudgeClient, JudgeUnavailable
 from rlhfv_nb.evaluate.paper import paper_table
 from rlhfv_nb.evaluate.tasks import Context, Sources, Task, needs_judge, plan
 from rlhfv_nb.files import write_json
-from rlhfv_nb.generate import GenerationSettings, eval_settings, open_backend
+from rlhfv_nb.generate import GenerationSettings, eval_settings, open_backend, read_answers
+from rlhfv_nb.pipeline import world_config
 from rlhfv_nb.served import ServedError
 
-__all__ = ["BenchmarkResult", "Sources", "SuiteResult", "model_slug", "paper_table", "run_benchmarks"]
+__all__ = ["BenchmarkResult", "Sources", "SuiteResult", "model_slug", "paper_table", "run_benchmarks", "world_scores"]
 
 log = logging.getLogger(__name__)
 # What a benchmark's surroundings can do to it; every other exception is a bug and propagates.
 ENVIRONMENT_FAILURES = (OSError, BenchmarkDataError, JudgeUnavailable, ServedError)
 CHAIR_PREFIX = {"object_halbench": "ObjHal", "world_chair": "World"}
 WORD_MATCH_PREFIX = "ObjHal (word match)"  # never the paper's columns: those were extracted by an LLM
+CHAIR_COLUMNS = {"CHAIRs_refine": "Resp. (CHAIRs_refine)", "CHAIRi": "Mention (CHAIRi)", "CHAIRs": "CHAIRs",
+                 "recall": "recall"}  # CHAIR summary key -> column, after the benchmark's prefix
+# the world's attribute check (`world_eval.check_attributes`) summary key -> column
+WORLD_ATTRIBUTE_COLUMNS = {"wrong_color": "World wrong color", "wrong_place": "World wrong place",
+                           "attribute_hallucination": "World AttrHal"}
+# every world description metric with per-image counts (`world_eval.WorldScores.counts`) -> its column
+WORLD_COLUMNS = {**{key: f"{CHAIR_PREFIX['world_chair']} {name}" for key, name in CHAIR_COLUMNS.items()},
+                 **WORLD_ATTRIBUTE_COLUMNS}
 AMBER_COLUMNS = {"AMBER CHAIR": ("generative", "CHAIR"), "AMBER Cover": ("generative", "Cover"),
                  "AMBER Hal": ("generative", "Hal"), "AMBER Cog": ("generative", "Cog")}
 
@@ -134,8 +144,12 @@ def _columns(bench: str, m: dict[str, Any]) -> dict[str, Any]:
         p = CHAIR_PREFIX[bench]
         if bench == "object_halbench" and not m["extraction"].startswith("llm"):
             p = WORD_MATCH_PREFIX
-        return {f"{p} Resp. (CHAIRs_refine)": _pct(m["CHAIRs_refine"]), f"{p} Mention (CHAIRi)": _pct(m["CHAIRi"]),
-                f"{p} CHAIRs": _pct(m["CHAIRs"]), f"{p} recall": _pct(m["recall"]), f"{p} avg_len": m["avg_len"]}
+        cells = {f"{p} {name}": _pct(m[key]) for key, name in CHAIR_COLUMNS.items()}
+        cells[f"{p} avg_len"] = m["avg_len"]
+        # the world's colours and places of objects in the scene (AMBER-like attribute hallucination)
+        cells.update({name: _pct(m["attributes"][key]) for key, name in WORLD_ATTRIBUTE_COLUMNS.items()
+                      if "attributes" in m})
+        return cells
     if bench in ("pope", "world_pope"):
         p = "POPE" if bench == "world_pope" or m.get("source", "").startswith("official") else "POPE (regenerated)"
         cells = {f"{p} {split} {name}": _pct(s[key]) for split, s in m["splits"].items()
@@ -164,6 +178,20 @@ def _columns(bench: str, m: dict[str, Any]) -> dict[str, Any]:
 def model_slug(name: str) -> str:
     """A folder name for a model name: "DDPO gamma=5" -> "ddpo-gamma-5"."""
     return re.sub(r"[^a-z0-9.]+", "-", name.lower()).strip("-.") or "model"
+
+
+def world_scores(cfg: Config, suite: SuiteResult) -> dict[str, world_eval.WorldScores]:
+    """The held-out world descriptions' CHAIR and attribute details of every model whose `world_chair` was scored,
+    from the answers the suite scored (for example answers and bootstrap intervals); empty without `world_chair`."""
+    scored = {model: by_bench["world_chair"] for model, by_bench in suite.results.items()
+              if "world_chair" in by_bench and by_bench["world_chair"].scored}
+    if not scored:
+        return {}
+    items, vocab = world_eval.eval_items(cfg), world_eval.world_vocabulary(cfg)
+    world = world_config(cfg)
+    return {model: world_eval.world_scores(items, {k: v["answer"] for k, v in read_answers(Path(r.answers)).items()},
+                                           vocab, world)
+            for model, r in scored.items()}
 
 
 def _failure(stage: str, err: Exception) -> str:

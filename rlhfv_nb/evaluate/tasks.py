@@ -25,6 +25,7 @@ from rlhfv_nb.evaluate.judge import JudgeClient
 from rlhfv_nb.evaluate.llava_bench import evaluate_llava_bench
 from rlhfv_nb.evaluate.mmhal import evaluate_mmhal
 from rlhfv_nb.evaluate.pope import STRATEGIES, build_questions, evaluate_pope, images_from_coco
+from rlhfv_nb.pipeline import world_config
 
 JUDGED = ("mmhal_bench", "llava_bench")  # always judged; Object HalBench is when its extraction is the LLM's
 WORLD = ("world_chair", "world_pope")
@@ -217,17 +218,22 @@ def llava_bench(ctx: Context) -> Task:
 
 
 def world(ctx: Context, wanted: tuple[str, ...]) -> Task:
-    """Held-out synthetic-world items: CHAIR on descriptions, POPE metrics on existence questions."""
+    """Held-out synthetic-world items: CHAIR and wrong colours/places on descriptions, POPE metrics on existence
+    questions, accuracy on colour, count and cell questions."""
     items = world_eval.eval_items(ctx.cfg)
     vocab = world_eval.world_vocabulary(ctx.cfg)
+    world_cfg = world_config(ctx.cfg)
 
     def score(answers: Answers, judge: JudgeClient | None) -> tuple[dict[str, dict], dict]:
-        summary, chair = world_eval.score_world(items, answers, vocab)
+        scores = world_eval.world_scores(items, answers, vocab, world_cfg)
+        summary, chair, attributes = scores.summary, scores.chair, scores.attributes
         accuracies = {k: v for k, v in summary.items() if k.endswith("_accuracy")}
-        metrics = {"world_chair": chair.summary, "world_pope": {"splits": {"world": summary["pope"]}, **accuracies}}
-        return {name: metrics[name] for name in wanted}, {"summary": summary, "chair": chair.to_dict()}
+        metrics = {"world_chair": {**chair.summary, "attributes": attributes.summary},
+                   "world_pope": {"splits": {"world": summary["pope"]}, **accuracies}}
+        details = {"summary": summary, "chair": chair.to_dict(), "attributes": attributes.to_dict()}
+        return {name: metrics[name] for name in wanted}, details
 
-    return Task("world", wanted, items, score, "synthetic world: known objects, exact answers")
+    return Task("world", wanted, items, score, "synthetic world: known objects, colours and places; exact answers")
 
 
 BUILDERS: dict[str, Callable[[Context], Task]] = {

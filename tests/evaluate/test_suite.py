@@ -19,7 +19,16 @@ from rlhfv_nb.config import Config, TinyModelConfig, load_config
 from rlhfv_nb.evaluate import benchmarks, paper
 from rlhfv_nb.evaluate.benchmarks import read_jsonl
 from rlhfv_nb.evaluate.llava_bench import SCORES_NUDGE
-from rlhfv_nb.evaluate.suite import Sources, answers_path, model_slug, paper_table, run_benchmarks
+from rlhfv_nb.evaluate.suite import (
+    WORLD_ATTRIBUTE_COLUMNS,
+    WORLD_COLUMNS,
+    Sources,
+    answers_path,
+    model_slug,
+    paper_table,
+    run_benchmarks,
+    world_scores,
+)
 from rlhfv_nb.generate import GenerationSettings, eval_settings
 from rlhfv_nb.modeling import build_tiny_model
 
@@ -252,7 +261,15 @@ def test_world_benchmarks_share_one_generation_pass(tmp_path: Path) -> None:
     assert by_bench["world_pope"].metrics["splits"]["world"]["n"] > 0
     assert by_bench["world_chair"].answers == by_bench["world_pope"].answers
     assert sorted(p.name for p in (tmp_path / "run" / "eval" / "base").iterdir()) == ["world"]
-    assert {"World Resp. (CHAIRs_refine)", "POPE world acc"} <= set(result.table().columns)
+    assert {"World Resp. (CHAIRs_refine)", "POPE world acc", *WORLD_ATTRIBUTE_COLUMNS.values()} <= set(
+        result.table().columns)
+    attributes = by_bench["world_chair"].metrics["attributes"]  # colours and places beside CHAIR
+    assert attributes["n_descriptions"] == 2 and set(WORLD_ATTRIBUTE_COLUMNS) <= set(attributes)
+    scores = world_scores(cfg, result)  # the details behind the numbers, for examples and bootstrap intervals
+    assert list(scores) == ["base"] and scores["base"].attributes.summary == attributes
+    assert scores["base"].chair.summary == {k: v for k, v in by_bench["world_chair"].metrics.items()
+                                            if k in scores["base"].chair.summary}
+    assert set(WORLD_COLUMNS) == set(scores["base"].counts())
 
     # other generation settings (a re-run stage 04 with another max_new_tokens) answer into their own file
     longer = dataclasses.replace(cfg, evaluation=dataclasses.replace(cfg.evaluation, max_new_tokens=4))
