@@ -24,6 +24,7 @@ from rlhfv_nb import world
 from rlhfv_nb.evaluate.judge import JudgeClient
 from rlhfv_nb.rlaifv.llm import ask_values, user
 from rlhfv_nb.world import Scene, WorldConfig
+from rlhfv_nb.world_eval import StatedObject, stated_objects
 
 IN_THE_IMAGE = "in the image"  # the place of a claim whose sentence gives none
 
@@ -79,26 +80,9 @@ class WorldClaim:
 _PLACE_OF_CORE = {phrase.split(" the ", 1)[1]: phrase for phrase in world._PLACES.values()}
 
 
-def _sentence_claims(sentence: str, cfg: WorldConfig) -> tuple[list[WorldClaim], int]:
-    """The objects one sentence mentions, and how many place phrases it has.
-
-    Places follow the world's templates, one object per sentence: a single place phrase belongs to every object
-    of the sentence ("A red ball and a blue box are in the top left"), as many places as objects pair up in order
-    ("A red ball is in the top left, a blue box at the bottom"); otherwise no object gets a place.
-    """
-    mention_re, place_re = world._patterns(cfg)
-    mentions = list(mention_re.finditer(sentence))
-    places: list[str | None] = [_PLACE_OF_CORE[m["core"].lower()] for m in place_re.finditer(sentence)]
-    n_places = len(places)
-    if n_places == 1:
-        places = places * len(mentions)
-    elif n_places != len(mentions):
-        places = [None] * len(mentions)
-    claims = [
-        WorldClaim(cfg.lexicon[m["noun"].lower()], m["color"].lower() if m["color"] else None, place)
-        for m, place in zip(mentions, places)
-    ]
-    return claims, n_places
+def _claim(stated: StatedObject) -> WorldClaim:
+    """A mention read by `world_eval.stated_objects` (its place rules) as a claim."""
+    return WorldClaim(stated.kind, stated.color, _PLACE_OF_CORE[stated.place] if stated.place else None)
 
 
 class WorldClaims:
@@ -108,13 +92,13 @@ class WorldClaims:
         self.cfg = cfg or WorldConfig()
 
     def claims(self, answer: str) -> list[WorldClaim]:
-        """The objects an answer claims, sentence by sentence (`world`'s sentence splitter)."""
-        return [claim for sentence in world._SENTENCE.findall(answer)
-                for claim in _sentence_claims(sentence, self.cfg)[0]]
+        """The objects an answer claims, sentence by sentence, each with the colour and place its sentence states
+        (`rlhfv_nb.world_eval.stated_objects`, the same reading the attribute-hallucination check uses)."""
+        return [_claim(stated) for stated in stated_objects(answer, self.cfg)]
 
     def parse(self, claim: str) -> WorldClaim:
         """A claim sentence read back; ValueError, naming it, unless it names one object and at most one place."""
-        found, n_places = _sentence_claims(claim, self.cfg)
+        found, n_places = self.claims(claim), len(world._patterns(self.cfg)[1].findall(claim))
         if len(found) != 1 or n_places > 1:
             raise ValueError(f"claim {claim!r} names {len(found)} world objects and {n_places} places; a world "
                              "claim names exactly one object and at most one place")
