@@ -260,6 +260,27 @@ class TrackingConfig:
 
 
 @dataclass
+class RlaifvConfig:
+    """RLAIF-V's iterative alignment (notebook 06, `rlhfv_nb.rlaifv.loop`): `rounds` rounds, each sampling
+    candidates from the newest policy on `prompts_per_round` fresh world images (`evaluation.batch_size` at a
+    time), scoring them with AI feedback (`feedback`: `rlhfv_nb.rlaifv.config.RlaifvFeedbackConfig` overrides;
+    labeler "world" is the miniature's trained cell classifier) and training `ddpo` on the round's pairs.
+    `rounds: 0` (the default) turns it off.
+
+    Each round's model is picked among the round's gammas (`ddpo.gamma` and `ddpo.ablation_gammas`) by
+    `select_by` on `select_images` fresh world images of their own (0: always `ddpo.gamma`'s model).
+    """
+
+    rounds: int = 0  # 0: off, notebook 06 does not run; RLAIF-V runs 4
+    prompts_per_round: int = 200  # fresh world images per round, one description prompt each
+    feedback: dict[str, Any] = field(default_factory=dict)  # RlaifvFeedbackConfig overrides
+    labeler_images: int = 200  # world labeler: fresh images of its own to train on
+    labeler_steps: int = 150  # world labeler: training steps (batches of 64 cells)
+    select_by: str = "CHAIRi"  # CHAIRi | CHAIRs: the world CHAIR that picks a round's model (lower is better)
+    select_images: int = 0
+
+
+@dataclass
 class Config:
     """All parameters of one run; `run_dir` holds every artifact the stages write."""
 
@@ -275,6 +296,7 @@ class Config:
     demo: DemoConfig = field(default_factory=DemoConfig)
     launch: LaunchConfig = field(default_factory=LaunchConfig)
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
+    rlaifv: RlaifvConfig = field(default_factory=RlaifvConfig)
 
     @property
     def run_path(self) -> Path:
@@ -379,6 +401,7 @@ def _validate(cfg: Config) -> Config:
         "evaluation.object_halbench_extraction": (cfg.evaluation.object_halbench_extraction,
                                                   {"auto", "llm", "words"}),
         "evaluation.pope_source": (cfg.evaluation.pope_source, {"official", "coco"}),
+        "rlaifv.select_by": (cfg.rlaifv.select_by, {"CHAIRi", "CHAIRs"}),
     }
     for key, (value, allowed) in choices.items():
         if value not in allowed:
@@ -392,6 +415,9 @@ def _validate(cfg: Config) -> Config:
         "data.max_image_pixels": cfg.data.max_image_pixels,
         "evaluation.judge.repeats": cfg.evaluation.judge.repeats,
         "evaluation.server.max_concurrency": cfg.evaluation.server.max_concurrency,
+        "rlaifv.prompts_per_round": cfg.rlaifv.prompts_per_round,
+        "rlaifv.labeler_images": cfg.rlaifv.labeler_images,
+        "rlaifv.labeler_steps": cfg.rlaifv.labeler_steps,
     }
     for key, value in positives.items():
         if value <= 0:
@@ -416,7 +442,23 @@ def _validate(cfg: Config) -> Config:
             WorldConfig(**cfg.data.world)
         except (TypeError, ValueError) as err:
             raise ConfigError(f"data.world: {err}") from err
+    _check_rlaifv(cfg.rlaifv)
     return cfg
+
+
+def _check_rlaifv(rlaifv: RlaifvConfig) -> None:
+    """`ConfigError` for negative rounds or selection images, or feedback settings `RlaifvFeedbackConfig` refuses."""
+    for key in ("rounds", "select_images"):
+        if getattr(rlaifv, key) < 0:
+            raise ConfigError(f"rlaifv.{key}: must be >= 0, got {getattr(rlaifv, key)!r}")
+    if not rlaifv.feedback:
+        return  # the defaults are valid
+    from rlhfv_nb.rlaifv.config import RlaifvFeedbackConfig  # rlaifv.config -> generate -> config: imported here
+
+    try:
+        RlaifvFeedbackConfig(**rlaifv.feedback)
+    except (TypeError, ValueError) as err:
+        raise ConfigError(f"rlaifv.feedback: {err}") from err
 
 
 def _check_benchmarks(names: list[str]) -> None:

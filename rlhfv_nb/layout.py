@@ -7,6 +7,8 @@
     feedback/      stage 02: answers.jsonl, rlhfv_feedback.parquet, preferences.parquet (collected pairs), stats.json
     ddpo/gammaG/   stage 03: log.jsonl, checkpoints/, final/
     eval/          stage 04: one folder per model, judge_cache/
+    rlaifv/        stage 06 (RLAIF-V's loop): labeler/ (the world labeler), round-0/ (the start policy's evaluation),
+                   round-K/ (one `RoundFolder` per round)
     stages/        one manifest per finished stage (rlhfv_nb.manifests)
     notebooks/, logs/, launch/, params.yaml, metrics.json, runner.lock
 """
@@ -137,6 +139,20 @@ class RunLayout:
     def judge_cache(self) -> Path:
         return self.eval / "judge_cache"
 
+    # stage 06: RLAIF-V's iterative loop
+    @property
+    def rlaifv(self) -> Path:
+        return self.root / "rlaifv"
+
+    @property
+    def rlaifv_labeler(self) -> Path:
+        """The miniature's world labeler: its classifier weights and report."""
+        return self.rlaifv / "labeler"
+
+    def rlaifv_round(self, number: int) -> RoundFolder:
+        """Round `number` of the loop (0: the start policy, evaluated only)."""
+        return RoundFolder(self.rlaifv / f"round-{number}")
+
     @property
     def metrics(self) -> Path:
         return self.root / "metrics.json"
@@ -167,3 +183,48 @@ class RunLayout:
         """Held by the one runner working on this folder (`rlhfv_nb.lock`)."""
         return self.root / "runner.lock"
 
+
+
+@dataclass(frozen=True)
+class RoundFolder:
+    """One round of RLAIF-V's loop, `rlaifv/round-K/`:
+
+        candidates/answers-I.jsonl   candidate I of every prompt, sampled from the round's starting policy
+        scores.json                  every candidate's claims, the labeler's P(yes) and verdicts, its true score
+        feedback/                    rlaifv_pairs.parquet (RLAIF-V-Dataset schema), preferences.parquet (loaded)
+        data/logps/, ddpo/gammaG/    the reference log-probs and DDPO models (as in a run folder: `run`)
+        eval/                        world answers of the round's models (selection and evaluation)
+        started.json, round.json     the inputs' hash when the round began, and its manifest when it finished
+    """
+
+    root: Path
+
+    @property
+    def run(self) -> RunLayout:
+        """The round as a run folder: where the stage functions (tokenise_pairs, compute_reference, run_ddpo) read
+        its pairs and write its reference and models."""
+        return RunLayout(self.root)
+
+    def candidates(self, index: int) -> Path:
+        return self.root / "candidates" / f"answers-{index}.jsonl"
+
+    @property
+    def scores(self) -> Path:
+        return self.root / "scores.json"
+
+    @property
+    def pairs(self) -> Path:
+        """The round's pairs in the RLAIF-V-Dataset schema (before the loader)."""
+        return self.run.feedback / "rlaifv_pairs.parquet"
+
+    def eval_answers(self, split: str, model: str) -> Path:
+        """Answers of `model` (e.g. "gamma5") on a world split ("select" or "eval")."""
+        return self.root / "eval" / f"{split}-{model}.jsonl"
+
+    @property
+    def started(self) -> Path:
+        return self.root / "started.json"
+
+    @property
+    def manifest(self) -> Path:
+        return self.root / "round.json"

@@ -25,6 +25,9 @@ STAGE_KEYS: dict[str, tuple[str, ...]] = {
     "03_ddpo": ("seed", "model", "data.max_length", "data.on_bad_row", "ddpo"),
     "04_evaluate": ("seed", "model", "evaluation", "ddpo.gamma", "ddpo.ablation_gammas"),
     "05_demo": ("model", "demo", "ddpo.gamma"),
+    "06_rlaifv": ("seed", "model", "data.max_length", "data.on_bad_row", "data.max_image_pixels", "ddpo",
+                  "evaluation.max_new_tokens", "evaluation.num_beams", "evaluation.repetition_penalty",
+                  "evaluation.limit", "evaluation.batch_size", "rlaifv"),
 }
 STAGE_INPUTS: dict[str, tuple[str, ...]] = {
     "01_data": (),
@@ -32,6 +35,7 @@ STAGE_INPUTS: dict[str, tuple[str, ...]] = {
     "03_ddpo": ("01_data", "02_sft"),
     "04_evaluate": ("01_data", "02_sft", "03_ddpo"),
     "05_demo": ("01_data", "02_sft", "03_ddpo"),
+    "06_rlaifv": ("01_data", "02_sft"),
 }
 
 
@@ -57,7 +61,8 @@ def stage_values(cfg: Config, stage: str) -> dict[str, Any]:
             if any(key == p or key.startswith(p + ".") for p in prefixes)}
 
 
-def _digest(values: dict[str, Any], inputs: dict[str, str | None]) -> str:
+def digest(values: dict[str, Any], inputs: dict[str, str | None]) -> str:
+    """A short hash of config values and input hashes: equal exactly when both are."""
     return hashlib.sha256(json.dumps([values, inputs], sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
@@ -69,7 +74,7 @@ def current_inputs(cfg: Config, stage: str) -> dict[str, str | None]:
 def write_manifest(cfg: Config, stage: str, summary: dict[str, Any] | None = None) -> dict[str, Any]:
     """Record that `stage` finished with the current config and inputs (plus its summary)."""
     values, inputs = stage_values(cfg, stage), current_inputs(cfg, stage)
-    manifest = {"stage": stage, "hash": _digest(values, inputs), "values": values, "inputs": inputs,
+    manifest = {"stage": stage, "hash": digest(values, inputs), "values": values, "inputs": inputs,
                 **portable(summary or {}, cfg.run_path)}
     write_json(cfg.layout.manifest(stage), manifest)
     return manifest

@@ -6,7 +6,7 @@ import logging
 import os
 import sys
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,11 +36,16 @@ class Stage:
     path: Path
 
 
-def stages(notebook_dir: Path | None = None) -> list[Stage]:
-    """The numbered notebooks, in order."""
+# Notebooks a config turns on: they run only when it asks (the default pipeline's runs stay as they were).
+OPTIONAL: dict[str, Callable[[Config], bool]] = {"06_rlaifv": lambda cfg: cfg.rlaifv.rounds > 0}
+
+
+def stages(notebook_dir: Path | None = None, cfg: Config | None = None) -> list[Stage]:
+    """The numbered notebooks, in order: the default pipeline's, and the `OPTIONAL` ones `cfg` turns on."""
     folder = notebook_dir or project_root() / "notebooks"
     found = sorted(folder.glob("[0-9][0-9]_*.ipynb"))
-    return [Stage(p.stem[:2], p.stem, p) for p in found]
+    return [Stage(p.stem[:2], p.stem, p) for p in found
+            if p.stem not in OPTIONAL or (cfg is not None and OPTIONAL[p.stem](cfg))]
 
 
 def select(all_stages: list[Stage], only: Sequence[str] | None) -> list[Stage]:
@@ -87,7 +92,7 @@ def run(
     One runner at a time per run folder: a second one raises `RunFolderBusy` naming the holder.
     """
     cfg = load_config(params, **(overrides or {}))
-    all_stages = stages()
+    all_stages = stages(cfg=cfg)
     chosen = select(all_stages, only)
     with exclusive(cfg.layout.lock, f"run folder {cfg.run_dir}"):
         _run_stages(cfg, params, all_stages, chosen, force, kernel, progress)

@@ -30,7 +30,11 @@ def build_claims(cfg: RlaifvFeedbackConfig, world: WorldConfig | None = None,
 def build_labeler(cfg: RlaifvFeedbackConfig, model_cfg: ModelConfig, policy: str | Path | None = None,
                   cache_dir: str | Path | None = None) -> Labeler:
     """`LocalLabeler` on `cfg.labeler_model`, else on `policy` (the model being aligned), loaded with `model_cfg`
-    (labeler "local"); or `OpenAILabeler` on the configured endpoint, replies cached under `cache_dir` ("openai")."""
+    (labeler "local"); or `OpenAILabeler` on the configured endpoint, replies cached under `cache_dir` ("openai").
+    The "world" labeler is trained on images, not loaded: `rlhfv_nb.rlaifv.world_labeler.train_or_load`."""
+    if cfg.labeler == "world":
+        raise ValueError("rlaifv feedback labeler 'world' is a classifier the loop trains "
+                         "(rlhfv_nb.rlaifv.world_labeler.train_or_load), not a model build_labeler loads")
     if cfg.labeler == "openai":
         client = JudgeClient(cfg.labeler_model, base_url=cfg.labeler_base_url, api_key_env=cfg.api_key_env,
                              cache_dir=cache_dir)

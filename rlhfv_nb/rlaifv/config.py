@@ -3,7 +3,8 @@
 Decoding defaults are upstream's (`script/data_gen/llava15/llava15_diverse_gen.sh`: 10 answers per prompt,
 temperature 0.7, up to 512 new tokens), and so is the pair rule (every two candidates whose scores differ by 1 or
 more, 2 per prompt; here the widest gaps, not a random 2). Splitter and labeler default to what runs offline: the
-synthetic world's rules and a local labeler (by default the model being aligned, labelling its own answers).
+synthetic world's rules and a local labeler (by default the model being aligned, labelling its own answers); the
+cpu-tiny loop's presets pick the "world" labeler, a small classifier trained on world images of its own.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from rlhfv_nb.rlaifv.pairs import PairRule
 from rlhfv_nb.rlaifv.scoring import REJECT_BELOW
 
 SPLITTERS = ("world", "llm")
-LABELERS = ("local", "openai")
+LABELERS = ("local", "openai", "world")
 
 
 @dataclass
@@ -40,7 +41,8 @@ class RlaifvFeedbackConfig:
     splitter_model: str | None = None  # llm: the split model's name at the endpoint
     question_model: str | None = None  # llm: the question-transformation model (None: the split model)
     splitter_base_url: str | None = None  # llm: the endpoint (None: the OpenAI API)
-    # Labeler: "local" (a Hugging Face VLM, read at its next token) or "openai" (an OpenAI-compatible vision endpoint).
+    # Labeler: "local" (a Hugging Face VLM, read at its next token), "openai" (an OpenAI-compatible vision endpoint)
+    # or "world" (the cpu-tiny miniature's cell classifier, trained by the loop: `rlhfv_nb.rlaifv.world_labeler`).
     labeler: str = "local"
     labeler_model: str | None = None  # local: hub id or folder (None: the policy itself); openai: the model name
     labeler_base_url: str | None = None  # openai: the endpoint (None: the OpenAI API)
@@ -75,6 +77,9 @@ class RlaifvFeedbackConfig:
         for name, (ok, rule) in checks.items():
             if not ok:
                 raise ValueError(f"rlaifv feedback {name} {getattr(self, name)!r} {rule}")
+        if self.labeler == "world" and self.splitter != "world":
+            raise ValueError(f"rlaifv feedback labeler 'world' answers the world's claim questions only: it needs "
+                             f"splitter 'world', not {self.splitter!r}")
         check_prompt(self.labeler_prompt)
         try:
             PairRule(self.pair_rule, self.min_gap, self.max_pairs_per_prompt)

@@ -1,0 +1,155 @@
+"""RLAIF-V's loop in miniature: the world labeler on hand-made scenes, the feedback audit against the truth, and a
+2-round loop on a reduced cpu-tiny run that resumes after a kill between rounds and inside a round."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from rlhfv_nb import pipeline, runner
+from rlhfv_nb.config import Config, ConfigError, load_config
+from rlhfv_nb.data import load_raw
+from rlhfv_nb.rlaifv.audit import audit_feedback
+from rlhfv_nb.rlaifv.claims import WorldClaims
+from rlhfv_nb.rlaifv.loop import run_loop
+from rlhfv_nb.rlaifv.pairs import RLAIFV_COLUMNS
+from rlhfv_nb.rlaifv.report import round_table
+from rlhfv_nb.rlaifv.scoring import ClaimVerdict, ScoredAnswer, score_answers
+from rlhfv_nb.rlaifv.world_labeler import LabelerTraining, WorldLabeler, scene_images, train_or_load
+from rlhfv_nb.world import Scene, WorldConfig, WorldObject, make_fresh_scenes
+from tests.tiny_run import CPU_TINY, SHAPE
+
+WORLD = WorldConfig()
+SCENE = Scene((WorldObject("ball", "red", 0, 0), WorldObject("box", "blue", 1, 1)))
+
+
+@pytest.fixture(scope="module")
+def labeler(tmp_path_factory: pytest.TempPathFactory) -> WorldLabeler:
+    check = make_fresh_scenes(WORLD, 50, 7)
+    trained, report = train_or_load(tmp_path_factory.mktemp("labeler"), WORLD, LabelerTraining(300, 300), check)
+    assert 0.85 <= report["cell_accuracy"] < 1.0  # a model: right on most cells, not all
+    return trained
+
+
+def test_world_labeler_answers_claim_questions_about_a_hand_made_scene(labeler: WorldLabeler) -> None:
+    questions = {
+        "Is there a red ball in the top left?": True,
+        "Is there a ball in the image?": True,
+        "Is there a blue box in the bottom right?": True,
+        "Is there a blue cube in the image?": True,  # a synonym, read as its category
+        "Is there a red ball in the bottom right?": False,  # wrong place
+        "Is there a green ball in the top left?": False,  # wrong colour
+        "Is there a star in the image?": False,  # absent
+        "Is there a tent in the top right?": False,  # an empty cell
+    }
+    (image,) = scene_images([SCENE], WORLD)
+    p_yes = labeler.p_yes([image] * len(questions), list(questions))
+    assert {q: p >= 0.5 for q, p in zip(questions, p_yes)} == questions
+    assert all(0.0 <= p <= 1.0 for p in p_yes)
+    with pytest.raises(ValueError, match="names 0 world objects"):
+        labeler.p_yes([image], ["Is it sunny?"])
+
+
+def test_world_labeler_scores_hand_made_answers(labeler: WorldLabeler) -> None:
+    answers = ["A red ball is in the top left. A blue box is in the bottom right.",
+               "A red ball is in the top left. A green star is at the top.",
+               "There is a purple tent in the bottom left, a yellow kite in the top right."]
+    (scored,) = score_answers(scene_images([SCENE], WORLD), [answers], WorldClaims(WORLD), labeler)
+    assert [answer.score for answer in scored] == [0, -1, -2]
+    assert [v.rejected for v in scored[1].claims] == [False, True]
+
+
+def _verdict(claim: str, rejected: bool) -> ClaimVerdict:
+    question = WorldClaims(WORLD).questions([claim])[0]
+    return ClaimVerdict(claim, question, 0.0 if rejected else 1.0, rejected)
+
+
+def test_audit_counts_labeler_mistakes_and_wrongly_ordered_pairs() -> None:
+    true_ball, false_star = "There is a red ball in the top left.", "There is a star in the image."
+    # The labeler accepts the false star and rejects the true ball: answer 1 (true) scores below answer 0 (false).
+    wrong = ScoredAnswer("A star.", (_verdict(false_star, rejected=False),))
+    right = ScoredAnswer("A red ball in the top left.", (_verdict(true_ball, rejected=True),))
+    also_right = ScoredAnswer("A ball.", (_verdict("There is a ball in the image.", rejected=False),))
+    report = audit_feedback([SCENE], [[wrong, right, also_right]], [[(0, 1), (2, 1)]], WorldClaims(WORLD))
+    assert report["questions"] == 3 and report["false_claims"] == 1
+    assert report["labeler_accuracy"] == pytest.approx(1 / 3)
+    assert report["pairs"] == 2
+    assert report["wrongly_ordered"] == 0.5  # (0, 1): chosen is false, rejected true
+    assert report["tied_in_truth"] == 0.5  # (2, 1): both true
+    assert report["true_score_mean"] == pytest.approx(-1 / 3)
+
+
+def test_config_section_is_checked_and_turns_notebook_06_on() -> None:
+    with pytest.raises(ConfigError, match="rlaifv.rounds: must be >= 0"):
+        load_config(CPU_TINY, rlaifv={"rounds": -1})
+    with pytest.raises(ConfigError, match="rlaifv.feedback: .*needs splitter 'world'"):
+        load_config(CPU_TINY, rlaifv={"feedback": {"labeler": "world", "splitter": "llm", "splitter_model": "m"}})
+    with pytest.raises(ConfigError, match="rlaifv.select_by"):
+        load_config(CPU_TINY, rlaifv={"select_by": "POPE"})
+    assert "06_rlaifv" not in [s.name for s in runner.stages(cfg=load_config(CPU_TINY))]
+    preset = load_config(CPU_TINY.with_name("cpu-tiny-rlaifv.yaml"))
+    assert preset.rlaifv.rounds >= 3 and "06_rlaifv" in [s.name for s in runner.stages(cfg=preset)]
+
+
+# ---------------------------------------------------------------- the loop on a reduced cpu-tiny run
+
+REDUCED = {
+    "model": {"tiny": {**vars(SHAPE), "image_size": 48, "patch_size": 24, "vision_pretrain_steps": 30}},
+    "data": {"sft_images": 60, "feedback_images": 2, "eval_images": 6, "max_length": 128},
+    "sft": {"max_steps": 100, "batch_size": 8, "lr": 0.005, "logging_steps": 50},
+    "ddpo": {"max_steps": 2, "batch_size": 4, "logging_steps": 1, "ablation_gammas": [1.0]},
+    "evaluation": {"max_new_tokens": 24},
+}
+LOOP = {"prompts_per_round": 6, "labeler_images": 40, "labeler_steps": 30, "select_images": 3,
+        "feedback": {"candidates": 3, "max_new_tokens": 24, "temperature": 1.0, "labeler": "world"}}
+
+
+def _config(run_dir: Path, rounds: int) -> Config:
+    return load_config(CPU_TINY, run_dir=str(run_dir), rlaifv={**LOOP, "rounds": rounds}, **REDUCED)
+
+
+def _mtimes(folder: Path) -> dict[str, int]:
+    return {str(p.relative_to(folder)): p.stat().st_mtime_ns for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+@pytest.mark.slow
+def test_two_rounds_resume_after_a_kill_between_rounds_and_inside_one(tmp_path: Path) -> None:
+    one = _config(tmp_path, rounds=1)
+    pipeline.prepare_data(one)
+    pipeline.run_sft(one)
+    first = run_loop(one, progress=False)  # round 1 finishes; the process dies before round 2 starts
+    round1 = one.layout.rlaifv_round(1)
+    assert [r["round"] for r in first["rounds"]] == [0, 1]
+    before = _mtimes(round1.root)
+
+    two = _config(tmp_path, rounds=2)
+    section = run_loop(two, progress=False)
+    assert _mtimes(round1.root) == before  # round 1 skipped: nothing of it generated, scored or trained again
+    rows = section["rounds"]
+    assert [r["round"] for r in rows] == [0, 1, 2] and rows[1] == first["rounds"][1]
+    round2 = two.layout.rlaifv_round(2)
+    # round 2 started from round 1's picked model, trained on its own pairs in the RLAIF-V-Dataset schema
+    assert rows[1]["policy"] == "sft/final"
+    assert rows[2]["policy"] == f"rlaifv/round-1/ddpo/gamma{rows[1]['gamma']:g}/final"
+    assert load_raw(str(round2.pairs)).column_names == list(RLAIFV_COLUMNS)
+    assert list((round2.run.data / "logps").glob("ref-*.settings.json"))
+    assert (round2.run.ddpo(5.0).final / "config.json").exists()
+    assert rows[2]["trained_pairs"] == rows[2]["pairs"] > 0
+    for row in rows[1:]:
+        assert 0.0 <= row["labeler_accuracy"] <= 1.0 and 0.0 <= row["wrongly_ordered"] <= 1.0
+        assert set(row["selection"]) == {"gamma=5", "gamma=1"}
+    for row in rows:  # CHAIRi is None for a model that names no object (this SFT model is briefly trained)
+        assert 0.0 <= row["CHAIRs"] <= 1.0 and (row["CHAIRi"] is None or 0.0 <= row["CHAIRi"] <= 1.0)
+    metrics = json.loads(two.layout.metrics.read_text())["rlaifv"]
+    assert metrics["rounds"] == rows and 0.0 < metrics["labeler"]["cell_accuracy"] < 1.0
+    assert list(round_table(rows).index) == [0, 1, 2]
+
+    # a kill inside round 2 (after its answers, before its manifest): the re-run keeps what was made
+    candidates = _mtimes(round2.root / "candidates")
+    round2.manifest.unlink()
+    again = run_loop(two, progress=False)
+    assert _mtimes(round2.root / "candidates") == candidates
+    assert {k: v for k, v in again["rounds"][2].items() if k != "seconds"} == \
+        {k: v for k, v in rows[2].items() if k != "seconds"}
