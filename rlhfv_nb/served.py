@@ -37,12 +37,13 @@ import openai
 from PIL import Image
 
 from rlhfv_nb.config import ServedConfig
-from rlhfv_nb.data import DataError, image_bytes
+from rlhfv_nb.data import DataError, decode_image, encode_image, image_bytes
 from rlhfv_nb.generate import AnswersFile, GenerationSettings, answer_record, answers_header, header_key
 from rlhfv_nb.progress import progress_bar
 from rlhfv_nb.retry import retry_delay
 
 log = logging.getLogger(__name__)
+WEB_IMAGE_TYPES = {"PNG": "image/png", "JPEG": "image/jpeg", "WEBP": "image/webp", "GIF": "image/gif"}
 T = TypeVar("T")
 # HTTP statuses worth retrying (as the openai client itself does): timeout, conflict, rate limit, server errors
 TRANSIENT_STATUS = {408, 409, 429}
@@ -68,17 +69,17 @@ def public_url(url: str) -> str:
 
 
 def image_data_uri(image: Any) -> str:
-    """A `data:<mime>;base64,...` URI of an image cell (bytes, datasets cell, PIL image), the mime type read
-    from the encoded bytes."""
+    """A `data:<mime>;base64,...` URI of an image cell (bytes, datasets cell, PIL image): its own bytes if PNG,
+    JPEG, WEBP or GIF (what OpenAI-compatible vision APIs take), else re-encoded as PNG."""
     data = image_bytes(image)
     try:
         with Image.open(io.BytesIO(data)) as opened:
             kind = opened.format
     except Exception as err:  # PIL raises many types for broken data
         raise DataError(f"field 'image' is an undecodable image: {err}") from err
-    mime = Image.MIME.get(kind or "")
+    mime = WEB_IMAGE_TYPES.get(kind or "")
     if mime is None:
-        raise DataError(f"field 'image': no mime type known for image format {kind!r}")
+        data, mime = encode_image(decode_image(data)), WEB_IMAGE_TYPES["PNG"]
     return f"data:{mime};base64,{base64.b64encode(data).decode('ascii')}"
 
 

@@ -16,23 +16,21 @@ The question goes to the labeler through `prompt` ("{question}" by default: the 
 
 from __future__ import annotations
 
-import base64
-import io
 import re
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, Protocol, TypeVar
 
 import torch
-from PIL import Image
 from transformers import PreTrainedModel, ProcessorMixin
 
 from rlhfv_nb.config import ModelConfig
-from rlhfv_nb.data import DataError, decode_image, encode_image, image_bytes
+from rlhfv_nb.data import DataError, decode_image
 from rlhfv_nb.evaluate.judge import JudgeClient
 from rlhfv_nb.features import encode_prompts, response_ids
 from rlhfv_nb.modeling import load_model, load_processor
 from rlhfv_nb.rlaifv.llm import ask_values, user
+from rlhfv_nb.served import image_data_uri
 
 T = TypeVar("T")
 DEFAULT_PROMPT = "{question}"
@@ -40,7 +38,6 @@ YES_WORDS = ("Yes", "yes")
 NO_WORDS = ("No", "no")
 YES_NO_NUDGE = "Answer with yes or no."
 YES_NO_MAX_TOKENS = 16
-DATA_URI_TYPES = {"PNG": "image/png", "JPEG": "image/jpeg", "WEBP": "image/webp", "GIF": "image/gif"}
 
 
 class Labeler(Protocol):
@@ -77,17 +74,6 @@ def _per_image(images: Sequence[Any], questions: Sequence[str], convert: Callabl
         except (DataError, OSError) as err:
             raise DataError(f"image {index} (asked {question!r}): {err}") from err
     return converted
-
-
-def image_data_uri(image: Any) -> str:
-    """A `data:` URI of the image: its own bytes if PNG, JPEG, WEBP or GIF (what OpenAI-compatible vision APIs
-    take), else re-encoded as PNG."""
-    data = image_bytes(image)
-    with Image.open(io.BytesIO(data)) as opened:
-        mime = DATA_URI_TYPES.get(opened.format or "")
-    if mime is None:
-        data, mime = encode_image(decode_image(data)), DATA_URI_TYPES["PNG"]
-    return f"data:{mime};base64,{base64.b64encode(data).decode('ascii')}"
 
 
 _YES_NO = re.compile(r"\W*(yes|no)\b", re.IGNORECASE)

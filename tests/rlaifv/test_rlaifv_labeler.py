@@ -12,8 +12,9 @@ from PIL import Image
 from rlhfv_nb.config import ModelConfig
 from rlhfv_nb.data import DataError, encode_image
 from rlhfv_nb.modeling import load_model, load_processor
-from rlhfv_nb.rlaifv.labeler import YES_NO_NUDGE, LocalLabeler, OpenAILabeler, image_data_uri, parse_yes_no
+from rlhfv_nb.rlaifv.labeler import YES_NO_NUDGE, LocalLabeler, OpenAILabeler, parse_yes_no
 from rlhfv_nb.rlaifv.llm import FeedbackError
+from rlhfv_nb.served import image_data_uri
 from rlhfv_nb.world import WorldConfig, make_fresh_scenes, render
 
 CFG = WorldConfig()
