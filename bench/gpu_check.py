@@ -593,10 +593,11 @@ def reference_phase(ctx: Context, model: Any, processor: Any, rows: list[dict], 
     folder = ctx.work / f"ref-{record['family']}-{record['phase']}"
     try:
         reference_logps(model, processor, rows[:batch], folder / "warmup.jsonl", batch, progress=False)
-        collate_s = timed(lambda: PairCollator(processor, shares_prefix(model, cfg.model.family))(rows[:batch]))
+        shared_by = shares_prefix(model, cfg.model.family, cfg.ddpo.share_prefix)
+        collate_s = timed(lambda: PairCollator(processor, shared_by)(rows[:batch]))
         with measured(ctx.device, ctx.baseline_mib) as m:
             reference = reference_logps(model, processor, rows, folder / "reference.jsonl", batch, progress=False,
-                                        family=cfg.model.family)
+                                        share_prefix=cfg.ddpo.share_prefix, family=cfg.model.family)
         # the same pass with every answer in its own row (image and prompt encoded twice per pair)
         with measured(ctx.device, ctx.baseline_mib) as unshared:
             reference_logps(model, processor, rows, folder / "unshared.jsonl", batch, progress=False,

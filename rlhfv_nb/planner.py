@@ -231,6 +231,8 @@ class Setup:
 
         The step count is `max_steps`, or computed from `epochs` when `num_items` (pairs, for DDPO) is given.
         """
+        from rlhfv_nb.pair_logps import MASKED_ATTENTION  # torch: imported when a setup is made, not with the planner
+
         train = cfg.ddpo if stage == "ddpo" else cfg.sft
         sharding, accelerate_precision = read_accelerate_config(cfg.launch.accelerate_config)
         lora = cfg.model.lora
@@ -246,7 +248,7 @@ class Setup:
             seq_len=cfg.data.max_length,
             sequences_per_item=2 if stage == "ddpo" else 1,
             shared_prefix=(stage == "ddpo" and cfg.ddpo.share_prefix
-                           and cfg.model.attn_implementation != "flash_attention_2"),
+                           and cfg.model.attn_implementation in MASKED_ATTENTION),
             answers_only_logits=stage == "ddpo",
             dtype=cfg.model.dtype,
             mixed_precision=train.bf16 or accelerate_precision in ("bf16", "fp16"),
