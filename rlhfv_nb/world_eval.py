@@ -19,7 +19,17 @@ from rlhfv_nb.config import Config
 from rlhfv_nb.data import read_parquet
 from rlhfv_nb.evaluate.chair import ChairResult, ChairVocabulary, score_responses
 from rlhfv_nb.evaluate.pope import score_answers
-from rlhfv_nb.world import _SENTENCE, Scene, WorldConfig, WorldObject, _patterns, cell_phrase, place_phrase, same_answer
+from rlhfv_nb.world import (
+    _SENTENCE,
+    Scene,
+    WorldConfig,
+    WorldObject,
+    _patterns,
+    cell_phrase,
+    place_core,
+    place_phrase,
+    same_answer,
+)
 
 WORLD_VOCABULARY = "synthetic-world"  # the name of the world's CHAIR vocabulary
 Span = tuple[int, int]
@@ -86,11 +96,6 @@ class StatedObject:
     place_span: Span | None = None
 
 
-def _core(phrase: str) -> str:
-    """The part of a position phrase after "the": what the world's place regex captures as `core`."""
-    return phrase.split(" the ", 1)[1]
-
-
 def stated_objects(text: str, cfg: WorldConfig) -> list[StatedObject]:
     """Every object the text mentions (the world's mention regex: "a red ball", "two boxes"), sentence by sentence.
 
@@ -149,7 +154,7 @@ def check_attributes(text: str, scene: Scene, cfg: WorldConfig) -> list[Attribut
             continue
         wrong_color = stated.color is not None and all(o.color != stated.color for o in same_kind)
         referents = [o for o in same_kind if o.color == stated.color] or same_kind
-        wrong_place = stated.place is not None and all(_core(place_phrase(o, cfg)) != stated.place
+        wrong_place = stated.place is not None and all(place_core(place_phrase(o, cfg)) != stated.place
                                                        for o in referents)
         checks.append(AttributeCheck(stated, wrong_color, wrong_place))
     return checks
@@ -256,7 +261,7 @@ def scene_from_text(text: str, cfg: WorldConfig) -> Scene | None:
     cells: dict[str, tuple[int, int]] = {}
     for row in range(cfg.grid):
         for col in range(cfg.grid):
-            cells.setdefault(_core(cell_phrase(row, col, cfg)), (row, col))
+            cells.setdefault(place_core(cell_phrase(row, col, cfg)), (row, col))
     objects = []
     for item in (part for part in text.split(",") if part.strip()):
         stated = stated_objects(item, cfg)

@@ -158,7 +158,16 @@ def test_sft_rows():
     rows = make_sft_rows(CFG, 10, seed=0)
     describes = [r for r in rows if r["qtype"] == "describe"]
     assert len(describes) == 10
-    assert 20 <= len(rows) <= 30
+    assert 40 <= len(rows) <= 50  # per image: a description, both existence questions, 1-2 others
+    per_image = [[r for r in rows if r["scene"] == d["scene"]] for d in describes]
+    for image_rows in per_image:
+        answers = sorted(r["answer"] for r in image_rows if r["qtype"] == "exists")
+        assert answers == ["No.", "Yes."]
+        assert 1 <= sum(r["qtype"] not in ("describe", "exists") for r in image_rows) <= 2
+    one = make_sft_rows(WorldConfig(sft_exists_questions=1), 10, seed=0)
+    assert sum(r["qtype"] == "exists" for r in one) == 10
+    with pytest.raises(ValueError, match="sft_exists_questions"):
+        WorldConfig(sft_exists_questions=3)
     assert all(r["question"] in DESCRIBE_PROMPTS for r in describes)
     assert set(rows[0]) == {"image", "question", "answer", "scene", "qtype"}
 
@@ -202,6 +211,34 @@ def test_sft_rows():
 )
 def test_correct_description_cases(answer, expected):
     assert correct_description(answer, SCENE, CFG4) == expected
+
+
+FULL = Scene((WorldObject("ring", "red", 0, 0), WorldObject("cross", "blue", 0, 1), WorldObject("kite", "purple", 1, 0),
+              WorldObject("ball", "green", 1, 1)))
+
+
+@pytest.mark.parametrize(
+    "answer, expected",
+    [
+        # a present object named at another object's place: the sentence is about the object there (the missed
+        # kite), not moved to the ball's place, which would say "ball" twice and teach a wrong place
+        (
+            "In the top left, there is a red ring. A blue cross is in the top right. "
+            "A green ball is in the bottom left. In the bottom right, there is a green ball.",
+            "In the top left, there is a red ring. A blue cross is in the top right. "
+            "A purple kite is in the bottom left. In the bottom right, there is a green ball.",
+        ),
+        # a hallucinated kind at an occupied place becomes the object there, whichever object was missed first
+        (
+            "A red ring is in the top left. A yellow star is in the bottom left.",
+            "A red ring is in the top left. A purple kite is in the bottom left.",
+        ),
+        # a right kind at its place: only the colour is fixed
+        ("A red kite is in the bottom left.", "A purple kite is in the bottom left."),
+    ],
+)
+def test_corrections_keep_the_stated_place(answer, expected):
+    assert correct_description(answer, FULL, CFG) == expected
 
 
 @pytest.mark.parametrize(
