@@ -46,22 +46,46 @@ def test_eval_throughput_minimal(tmp_path, capsys):
 
 
 def test_cpu_tiny_seeds_summary(tmp_path):
-    """Relative changes per seed and the mean over seeds, from the table a finished run's notebook 04 writes."""
-    from bench import cpu_tiny_seeds
+    """Relative changes per seed, the mean and spread over seeds, the targets, and the docs' blocks written from
+    them, from the table a finished run's notebook 04 writes."""
+    from bench import cpu_tiny_seeds as seeds
 
-    def run(seed: int, sft_chair: float, ddpo_chair: float) -> dict:
-        row = dict.fromkeys(cpu_tiny_seeds.COLUMNS, 50.0)
-        table = {"SFT": {**row, "World Resp. (CHAIRs_refine)": sft_chair},
-                 "DDPO gamma=5": {**row, "World Resp. (CHAIRs_refine)": ddpo_chair, "World recall": 45.0}}
+    def run(seed: int, sft_chair: float, ddpo_chair: float, ddpo_cell: float) -> dict:
+        row = dict.fromkeys(seeds.COLUMNS, 50.0)
+        table = {"SFT": {**row, "World Resp. (CHAIRs_refine)": sft_chair, "POPE world acc": 80.0},
+                 "DDPO gamma=5": {**row, "World Resp. (CHAIRs_refine)": ddpo_chair, "World recall": 45.0,
+                                  "World cell acc": ddpo_cell},
+                 "DPO (gamma=1)": row}
         (tmp_path / str(seed)).mkdir()
         (tmp_path / str(seed) / "metrics.json").write_text(json.dumps({"evaluation": {"table": table}}))
-        return cpu_tiny_seeds.seed_result(tmp_path / str(seed))
+        return seeds.seed_result(tmp_path / str(seed))
 
-    results = [run(0, 20.0, 10.0), run(1, 40.0, 10.0)]
+    results = [run(0, 20.0, 10.0, 50.0), run(1, 40.0, 10.0, 40.0)]
     assert results[0]["DDPO gamma=5"]["CHAIRs vs SFT"] == pytest.approx(-0.5)
     assert results[1]["DDPO gamma=5"]["CHAIRs vs SFT"] == pytest.approx(-0.75)
     assert results[0]["DDPO gamma=5"]["recall vs SFT"] == pytest.approx(-0.1)
-    mean = cpu_tiny_seeds.mean_over(results)
+    assert seeds.targets_met(results[0])["cell acc within 5 points"]
+    assert not seeds.targets_met(results[1])["cell acc within 5 points"]  # 50 -> 40
+    assert seeds.targets_met(results[1])["CHAIRs at least 30% lower"]
+    mean = seeds.mean_over(results)
     assert mean["DDPO gamma=5"]["CHAIRs vs SFT"] == pytest.approx(-0.625)  # mean of the seeds' changes
     assert mean["DDPO gamma=5"]["CHAIRs vs SFT (of means)"] == pytest.approx(10 / 30 - 1)  # change of the means
-    assert "| DDPO gamma=5 | 10.0 |" in cpu_tiny_seeds.markdown(mean, "mean")
+    assert seeds.spread_over(results)["SFT"]["CHAIRs"] == pytest.approx(14.142, abs=1e-3)  # stdev of 20 and 40
+    assert "| DDPO gamma=5 | 10.0 |" in seeds.markdown(mean, "mean")
+
+    result = {"per_seed": dict(enumerate(results)), "mean": mean, "spread": seeds.spread_over(results),
+              "notebook_seconds": {0: 300.0, 1: 310.0}, "threads": 2, "machine": {"cpus": 2, "torch": "2.13.0"},
+              "targets": {"per_seed": {i: seeds.targets_met(r) for i, r in enumerate(results)},
+                          "mean": seeds.targets_met(mean)}}
+    block = seeds.seeds_block(result)
+    assert "| 1 | DDPO gamma=5 | 10.0 (-75%) / 45.0 / 50.0 (50) / 50.0 / 50.0 / 40.0 / 50.0 |" in block
+    assert "Seed 1 missed: cell acc within 5 points." in block and "Seed 0 missed" not in block
+    doc = "intro\n<!-- seeds-2threads -->\nold table\n<!-- /seeds-2threads -->\nafter\n"
+    written = seeds.replace_block(doc, "seeds-2threads", block, "doc.md")
+    assert written.startswith("intro\n<!-- seeds-2threads -->\n| seed |") and written.endswith("-->\nafter\n")
+    assert "old table" not in written
+    with pytest.raises(ValueError, match="doc.md: no block <!-- seeds-1thread -->"):
+        seeds.replace_block(doc, "seeds-1thread", block, "doc.md")
+    sentence = seeds.summary_sentence({2: result})
+    assert "with 2 torch threads, response-level CHAIR goes from 30.0% (SFT) to 10.0%" in sentence
+    assert sentence.startswith("Mean over seeds 0, 1 (500 held-out images each)")
