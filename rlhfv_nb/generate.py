@@ -67,13 +67,17 @@ def eval_settings(cfg: Config) -> GenerationSettings:
                               repetition_penalty=e.repetition_penalty, seed=cfg.seed)
 
 
-def answers_header(settings: GenerationSettings, backend: dict[str, Any] | None = None) -> dict[str, Any]:
+def answers_header(settings: GenerationSettings, backend: dict[str, Any] | None = None,
+                   model: str | None = None) -> dict[str, Any]:
     """What an answers file's sidecar records: the settings, plus for a served backend where the answers came
-    from (`backend`: kind, base URL without credentials, served model, request parameters). The in-process
-    backend's header is the settings alone, as files written before served backends existed have it."""
+    from (`backend`: kind, base URL without credentials, served model, request parameters), plus for an
+    in-process model its fingerprint (`model`, `logps.model_fingerprint`), so that answers of a model trained
+    again with other settings into the same folder are never taken for the new model's."""
     header = asdict(settings)
     if backend is not None:
         header["backend"] = backend
+    if model is not None:
+        header["model"] = model
     return header
 
 
@@ -187,12 +191,15 @@ def generate_answers(
     out_path: Path | None = None,
     batch_size: int = 16,
     progress: bool = True,
+    model_id: str | None = None,
 ) -> list[dict[str, Any]]:
-    """Answer every item (`id`, `image` bytes, `question`), in order, resuming from `out_path` if given."""
+    """Answer every item (`id`, `image` bytes, `question`), in order, resuming from `out_path` if given.
+
+    `model_id` (the model's fingerprint) is recorded in the file's sidecar: a file of another model is refused."""
     was_training = model.training
     model.eval()
     try:
-        with AnswersFile(out_path, answers_header(settings)) as answers:
+        with AnswersFile(out_path, answers_header(settings, model=model_id)) as answers:
             todo = answers.todo(items)
             with progress_bar(total=len(items), initial=len(items) - len(todo), desc="generating",
                               disable=not progress) as bar:
@@ -234,26 +241,32 @@ class AnswerBackend(Protocol):
 class HFBackend:
     """The model generating in this process, loaded once for several tasks (`generate_answers`)."""
 
-    def __init__(self, model: PreTrainedModel, processor: ProcessorMixin, batch_size: int = 16) -> None:
+    def __init__(self, model: PreTrainedModel, processor: ProcessorMixin, batch_size: int = 16,
+                 model_id: str | None = None) -> None:
         self.model: PreTrainedModel | None = model
         self.processor = processor
         self.batch_size = batch_size
+        self.model_id = model_id
 
     @classmethod
     def load(cls, cfg: Config, model_path: str | Path) -> HFBackend:
-        """Load the model at `model_path` (on the GPUs when there are any) with `cfg.evaluation.batch_size`."""
+        """Load the model at `model_path` (on the GPUs when there are any) with `cfg.evaluation.batch_size`; its
+        answers files are keyed by the folder's fingerprint."""
+        from rlhfv_nb.logps import model_fingerprint
+
         processor = load_processor(model_path, cfg.model)
         model = load_model(model_path, cfg.model, device_map="auto" if torch.cuda.is_available() else None)
-        return cls(model, processor, cfg.evaluation.batch_size)
+        return cls(model, processor, cfg.evaluation.batch_size, model_fingerprint(model_path))
 
     def key(self, settings: GenerationSettings) -> str:
-        return settings.key
+        return header_key(answers_header(settings, model=self.model_id))
 
     def answer(self, items: Sequence[dict[str, Any]], settings: GenerationSettings, path: Path | None = None,
                progress: bool = True) -> list[dict[str, Any]]:
         if self.model is None:
             raise RuntimeError("HFBackend is closed: its model was freed")
-        return generate_answers(self.model, self.processor, items, settings, path, self.batch_size, progress)
+        return generate_answers(self.model, self.processor, items, settings, path, self.batch_size, progress,
+                                self.model_id)
 
     def close(self) -> None:
         self.model = None

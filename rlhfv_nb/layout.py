@@ -4,7 +4,8 @@
                    world_synonyms.txt, report.json; logps/ (the reference cache, written by stage 03)
     base/          the tiny base model (stage 02 builds it; a hub base lives elsewhere)
     sft/           stage 02: log.jsonl, checkpoints/, final/
-    feedback/      stage 02: answers.jsonl, rlhfv_feedback.parquet, preferences.parquet (collected pairs), stats.json
+    feedback/      stage 02: answers-<key>.jsonl (per SFT model and sampling settings), rlhfv_feedback.parquet,
+                   preferences.parquet (collected pairs), stats.json
     ddpo/gammaG/   stage 03: log.jsonl, checkpoints/, final/
     eval/          stage 04: one folder per model, judge_cache/
     rlaifv/        stage 06 (RLAIF-V's loop): labeler/ (the world labeler), round-0/ (the start policy's evaluation),
@@ -17,6 +18,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from rlhfv_nb.generate import GenerationSettings
 
 
 @dataclass(frozen=True)
@@ -105,9 +110,11 @@ class RunLayout:
     def feedback(self) -> Path:
         return self.root / "feedback"
 
-    @property
-    def feedback_answers(self) -> Path:
-        return self.feedback / "answers.jsonl"
+    def feedback_answers(self, settings: GenerationSettings, model_id: str) -> Path:
+        """The SFT model's sampled answers, one file per model fingerprint and sampling settings."""
+        from rlhfv_nb.generate import answers_header, header_key
+
+        return self.feedback / f"answers-{header_key(answers_header(settings, model=model_id))}.jsonl"
 
     @property
     def feedback_records(self) -> Path:

@@ -212,7 +212,9 @@ def collect_feedback(cfg: Config, model=None, processor=None) -> dict[str, Any]:
     settings = GenerationSettings(max_new_tokens=cfg.feedback.max_new_tokens, do_sample=True,
                                   temperature=cfg.feedback.temperature, top_p=cfg.feedback.top_p, seed=cfg.seed)
     layout = cfg.layout
-    answers = generate_answers(model, processor, items, settings, layout.feedback_answers, cfg.feedback.batch_size)
+    model_id = model_fingerprint(path)  # the SFT model's: answers of an earlier SFT model are never reused
+    answers = generate_answers(model, processor, items, settings, layout.feedback_answers(settings, model_id),
+                               cfg.feedback.batch_size, model_id=model_id)
     pairs, unchanged = [], 0
     corrected_by_type: Counter[str] = Counter()
     for item, answer in zip(items, answers):

@@ -10,7 +10,16 @@ from tiny_run import CPU_TINY, SHAPE, make_run
 
 from rlhfv_nb.config import load_config
 from rlhfv_nb.data import encode_image
-from rlhfv_nb.generate import GenerationSettings, HFBackend, generate_answers, open_backend, read_answers
+from rlhfv_nb.generate import (
+    GenerationSettings,
+    HFBackend,
+    answers_header,
+    generate_answers,
+    header_key,
+    open_backend,
+    read_answers,
+)
+from rlhfv_nb.logps import model_fingerprint
 from rlhfv_nb.modeling import load_model, load_processor
 
 QUESTIONS = ["Describe the image.", "What colour is the ball in the middle of the picture?", "Tent?",
@@ -119,14 +128,36 @@ def test_resumed_sampling_draws_what_an_uninterrupted_run_draws(tiny, tmp_path):
 
 def test_open_backend_generates_in_process_into_the_same_answers_file(tiny, tiny_cfg, tmp_path):
     model, processor, items = tiny
-    path = tmp_path / f"answers-{GREEDY.key}.jsonl"
+    folder = tiny_cfg.run_path / "base"
+    key = header_key(answers_header(GREEDY, model=model_fingerprint(folder)))
+    path = tmp_path / f"answers-{key}.jsonl"
     expected = generate_answers(model, processor, items, GREEDY, batch_size=5, progress=False)
     assert tiny_cfg.evaluation.backend == "hf"
-    with open_backend(tiny_cfg, tiny_cfg.run_path / "base") as backend:
-        assert isinstance(backend, HFBackend) and backend.key(GREEDY) == GREEDY.key
+    with open_backend(tiny_cfg, folder) as backend:
+        assert isinstance(backend, HFBackend) and backend.key(GREEDY) == key != GREEDY.key
         assert backend.answer(items[:2], GREEDY, path, progress=False) == expected[:2]
         assert backend.answer(items, GREEDY, path, progress=False) == expected  # resumed
     assert backend.model is None  # freed on close
     with pytest.raises(RuntimeError, match="closed"):
         backend.answer(items, GREEDY, path, progress=False)
     assert list(read_answers(path)) == [i["id"] for i in items]
+
+
+def test_a_model_trained_again_into_its_folder_gets_other_answer_files(tiny, tiny_cfg, tmp_path):
+    """Re-running a training with other settings writes new weights into the same folder: its answers (evaluation,
+    feedback) must not be read from the old model's file, which once gave the old model's metrics silently."""
+    model, processor, items = tiny
+    folder = tmp_path / "model"
+    model.save_pretrained(folder)
+    processor.save_pretrained(folder)
+    with HFBackend.load(tiny_cfg, folder) as backend:
+        before = backend.key(GREEDY)
+        backend.answer(items[:2], GREEDY, tmp_path / f"answers-{before}.jsonl", progress=False)
+    with torch.no_grad():
+        next(model.parameters()).add_(1.0)
+    model.save_pretrained(folder)
+    with HFBackend.load(tiny_cfg, folder) as backend:
+        assert backend.key(GREEDY) != before
+    with pytest.raises(ValueError, match="holds answers generated with"):  # a file named by hand is refused
+        generate_answers(model, processor, items[:2], GREEDY, tmp_path / f"answers-{before}.jsonl", progress=False,
+                         model_id=backend.model_id)
