@@ -220,9 +220,12 @@ def main(argv: Sequence[str] | None = None) -> None:
     if torch.cuda.is_available():  # before loading: a 4-bit model goes to the current device
         torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
     several = int(os.environ.get("WORLD_SIZE", "1")) > 1
-    if stage == "sft" and several and cfg.model.base == "tiny" and not cfg.layout.base_built:
-        raise LaunchError("the tiny base model is missing: build it once first (pipeline.build_base_model, or "
-                          "launch_stage does it); launched processes would all build it at once")
+    from rlhfv_nb import pipeline
+
+    if stage == "sft" and several and cfg.model.base == "tiny" and not pipeline.base_is_current(cfg):
+        raise LaunchError("the tiny base model is missing or outdated: build it once first "
+                          "(pipeline.build_base_model, or launch_stage does it); launched processes would all build it "
+                          "at once")
     # A single process (`python -m rlhfv_nb.launch ddpo ...`) computes a missing reference itself; launched
     # processes only read what launch_stage computed before starting them.
     out = run_stage(cfg, stage, gamma, launched=several)

@@ -94,6 +94,11 @@ class RunLayout:
         return (self.base / "config.json").exists()
 
     @property
+    def base_recipe(self) -> Path:
+        """What the tiny base model was built from (`pipeline.base_recipe`)."""
+        return self.base / "recipe.json"
+
+    @property
     def base_partial(self) -> Path:
         """Where the tiny base is built; renamed to `base` when complete."""
         return self.root / "base.partial"

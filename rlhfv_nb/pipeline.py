@@ -33,7 +33,7 @@ from rlhfv_nb.data import (
 )
 from rlhfv_nb.ddpo import diff_token_weights
 from rlhfv_nb.features import prompt_length, response_ids
-from rlhfv_nb.files import read_json, write_json
+from rlhfv_nb.files import file_sha256, read_json, write_json
 from rlhfv_nb.generate import GenerationSettings, generate_answers
 from rlhfv_nb.logps import cache_path, model_fingerprint, reference_logps
 from rlhfv_nb.manifests import write_manifest
@@ -127,10 +127,23 @@ def base_model_path(cfg: Config) -> str:
     return str(cfg.layout.base)
 
 
-def build_base_model(cfg: Config) -> str:
-    """The base model, building the tiny one (once) from the run's SFT corpus and pretraining its vision tower."""
+def base_recipe(cfg: Config) -> dict[str, Any]:
+    """What the tiny base model is built from: its shape and pretraining settings, the seed, the SFT corpus."""
+    return {"tiny": dataclasses.asdict(cfg.model.tiny), "seed": cfg.seed, "sft_rows": file_sha256(cfg.layout.sft_rows),
+            "world": cfg.data.world}
+
+
+def base_is_current(cfg: Config) -> bool:
+    """Whether the run's tiny base model is complete and was built from what the config and data say now."""
     layout = cfg.layout
-    if cfg.model.base == "tiny" and not layout.base_built:
+    return layout.base_built and read_json(layout.base_recipe) == base_recipe(cfg)
+
+
+def build_base_model(cfg: Config) -> str:
+    """The base model, building the tiny one from the run's SFT corpus and pretraining its vision tower; built again
+    when its recipe (`base_recipe`: shape, seed, SFT data) changed since."""
+    layout = cfg.layout
+    if cfg.model.base == "tiny" and not base_is_current(cfg):
         # Built and pretrained in a side folder, renamed when complete: a kill mid-way leaves no half-made base.
         shutil.rmtree(layout.base_partial, ignore_errors=True)
         rows = read_parquet(layout.sft_rows)
@@ -138,6 +151,7 @@ def build_base_model(cfg: Config) -> str:
         build_tiny_model(corpus, cfg.model.tiny, layout.base_partial, cfg.seed)
         if cfg.model.tiny.vision_pretrain_steps and "scene" in rows.column_names:
             pretrain_world_vision(cfg, rows, layout.base_partial)
+        write_json(layout.base_partial / layout.base_recipe.name, base_recipe(cfg))
         shutil.rmtree(layout.base, ignore_errors=True)
         layout.base_partial.rename(layout.base)
     return base_model_path(cfg)

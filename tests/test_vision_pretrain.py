@@ -69,3 +69,12 @@ def test_the_world_run_pretrains_and_records_it(tmp_path):
     record = (tmp_path / "base" / "vision_pretrain.json").read_text()
     assert base == str(tmp_path / "base") and '"steps": 3' in record
     assert not (tmp_path / "base.partial").exists()
+    built = (tmp_path / "base" / "model.safetensors").stat().st_mtime_ns
+    assert pipeline.build_base_model(run) == base  # unchanged recipe: reused as it is
+    assert (tmp_path / "base" / "model.safetensors").stat().st_mtime_ns == built
+    again = load_config(CPU_TINY, run_dir=str(tmp_path), data=run.to_dict()["data"],
+                        model={"tiny": {"vision_pretrain_steps": 2}})
+    assert not pipeline.base_is_current(again)  # another shape or pretraining: the old base is not used
+    pipeline.build_base_model(again)
+    assert '"steps": 2' in (tmp_path / "base" / "vision_pretrain.json").read_text()
+    assert pipeline.base_is_current(again) and not pipeline.base_is_current(run)
