@@ -432,43 +432,45 @@ def _edit(text: str, edits: list[tuple[tuple[int, int], str]]) -> str:
 def correct_description(answer: str, scene: Scene, cfg: WorldConfig) -> str:
     """Minimally edit a description so that it agrees with the scene (the RLHF-V `chosen`).
 
-    In a one-object sentence with a place ("A red ball is in the top left."), a place that holds another
-    object than the one named makes the sentence about that object (its kind and colour; an object the answer
-    missed first). Otherwise a mentioned object whose category is absent is replaced by a scene object the
-    answer did not mention (with its colour and, in a one-object sentence, its position); when every object is
-    already mentioned, the hallucinated phrase is removed (its whole sentence if it was the only object there).
-    Wrong colours (and positions) of present objects are fixed. Everything else is kept word for word; a
-    correct answer comes back unchanged.
+    A one-object sentence with a place ("A red ball is in the top left.") is about the object at that place:
+    naming another one, it is renamed to it (kind and colour). Such a sentence at an empty place that names an
+    object another sentence already places right is removed. Otherwise a mentioned object whose category is
+    absent is replaced by a scene object the answer neither mentions nor describes at its place (with its
+    colour and, in a one-object sentence, its position); when there is none, the hallucinated phrase is
+    removed (its whole sentence if it was the only object there). Wrong colours (and positions) of present
+    objects are fixed. Everything else is kept word for word; a correct answer comes back unchanged.
     """
     mention_re, place_re = _patterns(cfg)
     lexicon = cfg.lexicon
     truth = {o.kind: o for o in scene.objects}
     pieces = _SENTENCE.findall(answer)
     mentions = [list(mention_re.finditer(p)) for p in pieces]
-    said = {lexicon[m["noun"].lower()] for ms in mentions for m in ms}
-    missed = [o for o in scene.objects if o.kind not in said]
-    kept = []
+    stated = []  # per sentence: the objects at the cell it names, if it names one object at one place
     for piece, ms in zip(pieces, mentions, strict=True):
         places = list(place_re.finditer(piece))
+        core = places[0]["core"].lower() if len(ms) == 1 and len(places) == 1 else None
+        stated.append((places, [o for o in scene.objects if core and place_core(place_phrase(o, cfg)) == core]))
+    # an object at a place some sentence names is that sentence's: it is never moved into another sentence
+    claimed = {o for _, here in stated for o in here}
+    said = {lexicon[m["noun"].lower()] for ms in mentions for m in ms}
+    missed = [o for o in scene.objects if o.kind not in said and o not in claimed]
+    kept = []
+    for piece, ms, (places, here) in zip(pieces, mentions, stated, strict=True):
         anchored = len(ms) == 1 and len(places) == 1  # "A red ball is in the top left.": the place names a cell
         edits: list[tuple[tuple[int, int], str]] = []
         dropped = 0
         for m in ms:
             kind = lexicon[m["noun"].lower()]
             obj = truth.get(kind)
-            here = [o for o in scene.objects
-                    if anchored and place_core(place_phrase(o, cfg)) == places[0]["core"].lower()]
-            if here and all(o.kind != kind for o in here):
-                # the place holds another object: that is what the sentence describes (moving the named object
-                # there instead would teach a wrong place for every word around it)
-                obj = next((o for o in here if o in missed), here[0])
-                if obj in missed:
-                    missed.remove(obj)
-            elif obj is None and not missed:
+            if here:  # the place holds an object: the sentence is about it, whatever it named
+                obj = next((o for o in here if o.kind == kind), here[0])
+            # a real object said at an empty place while another sentence names its place is a duplicate
+            duplicate = not here and anchored and obj in claimed
+            if duplicate or (obj is None and not missed):
                 dropped += 1
                 edits.append(((_JOINER.search(piece, 0, m.start()).start(), m.end()), ""))
                 continue
-            elif obj is None:
+            if obj is None:
                 obj = missed.pop(0)
             if obj.kind != kind:
                 edits.append((m.span("noun"), obj.kind))

@@ -235,10 +235,49 @@ FULL = Scene((WorldObject("ring", "red", 0, 0), WorldObject("cross", "blue", 0, 
         ),
         # a right kind at its place: only the colour is fixed
         ("A red kite is in the bottom left.", "A purple kite is in the bottom left."),
+        # two hallucinated stars at occupied places: each becomes the object at its own place
+        (
+            "A yellow star is in the top right. A yellow star is in the bottom left.",
+            "A blue cross is in the top right. A purple kite is in the bottom left.",
+        ),
     ],
 )
 def test_corrections_keep_the_stated_place(answer, expected):
     assert correct_description(answer, FULL, CFG) == expected
+
+
+HALF = Scene((WorldObject("ring", "red", 0, 0), WorldObject("kite", "yellow", 1, 0), WorldObject("box", "red", 1, 1)))
+
+
+@pytest.mark.parametrize(
+    "answer, expected",
+    [
+        # the hallucination at the empty top right takes the ring nobody places, not the kite whose place the
+        # next sentence names (taking it said the kite twice, as seed 0's feedback showed)
+        (
+            "A blue star is in the top right. A yellow star is in the bottom left. A red box is in the bottom right.",
+            "A red ring is in the top left. A yellow kite is in the bottom left. A red box is in the bottom right.",
+        ),
+        # with nothing left to take, it is removed
+        (
+            "A red ring is in the top left. A blue star is in the top right. A yellow star is in the bottom left. "
+            "A red box is in the bottom right.",
+            "A red ring is in the top left. A yellow kite is in the bottom left. A red box is in the bottom right.",
+        ),
+        # a real object said at an empty place while another sentence places it right: the duplicate goes
+        (
+            "In the top right, there is a red ring. A red ring is in the top left.",
+            "A red ring is in the top left.",
+        ),
+        # a real object at the wrong, empty place and nowhere else: it is moved to its place
+        ("A red ring is in the top right.", "A red ring is in the top left."),
+        # a hallucination at an empty place with a missed object nobody places: replaced by it, with its place
+        ("A red ring is in the top left. A green star is in the top right.",
+         "A red ring is in the top left. A yellow kite is in the bottom left."),
+    ],
+)
+def test_corrections_never_say_an_object_twice(answer, expected):
+    assert correct_description(answer, HALF, CFG) == expected
 
 
 @pytest.mark.parametrize(
