@@ -41,13 +41,6 @@ class GenerationSettings:
     repetition_penalty: float = 1.0
     seed: int = 0
 
-    @property
-    def key(self) -> str:
-        """A short hash of the settings: answer files named by it are never reused under other settings.
-
-        The in-process (HF) key; a served backend's key also covers the server (`AnswerBackend.key`)."""
-        return header_key(answers_header(self))
-
     def generate_kwargs(self) -> dict[str, Any]:
         kwargs: dict[str, Any] = dict(
             max_new_tokens=self.max_new_tokens,

@@ -104,7 +104,7 @@ def test_stage_status_names_changed_keys_and_re_run_inputs(tmp_path: Path) -> No
     write_manifest(cfg, "02_sft")
     assert stage_status(cfg, "02_sft").done
     other = load_config(PARAMS, run_dir=str(tmp_path), sft={"lr": 0.01})
-    assert stage_status(other, "02_sft").changes == ("sft.lr: 0.002 -> 0.01",)
+    assert stage_status(other, "02_sft").changes == (f"sft.lr: {cfg.sft.lr} -> 0.01",)
     assert stage_status(other, "03_ddpo").state == "missing" and stage_status(other, "01_data").done
     write_manifest(load_config(PARAMS, run_dir=str(tmp_path), seed=1), "01_data")  # 01 re-run with another seed
     assert stage_status(cfg, "02_sft").changes == ("01_data was re-run since",)

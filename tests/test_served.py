@@ -20,7 +20,7 @@ import pytest
 from PIL import Image
 
 from rlhfv_nb.config import ServedConfig, load_config
-from rlhfv_nb.generate import AnswersFile, GenerationSettings, answers_header, open_backend, read_answers
+from rlhfv_nb.generate import AnswersFile, GenerationSettings, answers_header, header_key, open_backend, read_answers
 from rlhfv_nb.served import (
     ServedBackend,
     ServedError,
@@ -286,11 +286,11 @@ def test_served_model_is_found_by_path_or_named(server):
 
 def test_answers_file_records_the_server_and_never_the_key(server, tmp_path, monkeypatch, caplog):
     monkeypatch.setenv("RLHFV_NB_SERVER_KEY", SECRET)
-    path = tmp_path / f"answers-{GREEDY.key}.jsonl"
+    path = tmp_path / f"answers-{header_key(answers_header(GREEDY))}.jsonl"
     server.script.append(503)
     with caplog.at_level(logging.DEBUG), ServedBackend(config(server), **FAST) as backend:
         assert SECRET not in repr(backend)
-        assert backend.key(GREEDY) != GREEDY.key  # never the in-process file
+        assert backend.key(GREEDY) != header_key(answers_header(GREEDY))  # never a file of the settings alone
         served_path = tmp_path / f"answers-{backend.key(GREEDY)}.jsonl"
         answers = backend.answer(ITEMS, GREEDY, served_path, progress=False)
     assert set(server.auth) == {f"Bearer {SECRET}"}
@@ -367,7 +367,7 @@ def test_the_suite_evaluates_served_models_end_to_end(server, tmp_path):
         by_bench = result.results[name]
         assert all(r.ok for r in by_bench.values()), by_bench
         answers = Path(by_bench["world_chair"].answers)
-        assert answers.name != f"answers-{result.generation.key}.jsonl"  # not the HF backend's file
+        assert answers.name != f"answers-{header_key(answers_header(result.generation))}.jsonl"  # settings alone
         assert len(answers.read_text().splitlines()) == items
     assert result.to_dict()["backend"] == {"kind": "openai", "base_url": server.url, "model": None}
     again = run_benchmarks(cfg, models)  # resumed from the answers files: no request

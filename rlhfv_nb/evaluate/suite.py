@@ -1,7 +1,8 @@
 """One call for notebook 04: every configured benchmark for every model, answers cached, failures reported.
 
 Per model and generation pass, answers go to `<run>/eval/<model-slug>/<task>/answers-<key>.jsonl` (resumable; the
-key covers the generation settings and the backend) and the detailed scores to `scores.json` beside it.
+key covers the generation settings and the backend: an in-process model's fingerprint, or the server) and the
+detailed scores to `scores.json` beside it.
 
 A benchmark that cannot run because of its surroundings (no judge key, data that cannot be fetched or is not the
 released file, a model folder that cannot be read, a judge or model server that is down) gets a `status` saying

@@ -29,7 +29,8 @@ from rlhfv_nb.evaluate.suite import (
     run_benchmarks,
     world_scores,
 )
-from rlhfv_nb.generate import GenerationSettings, eval_settings
+from rlhfv_nb.generate import GenerationSettings, answers_header, eval_settings, header_key
+from rlhfv_nb.logps import model_fingerprint
 from rlhfv_nb.modeling import build_tiny_model
 
 CPU_TINY = Path(__file__).parents[2] / "params" / "cpu-tiny.yaml"
@@ -161,7 +162,9 @@ def test_all_benchmarks_with_a_judge(tiny_model: str, coco: Path, sources: Sourc
         for task in REAL:
             assert (folder / task / "scores.json").exists()
             answers = Path(by_bench[task].answers)
-            assert answers == answers_path(folder / task, result.generation.key)
+            # named by the settings and the model's fingerprint (another model in that folder gets another file)
+            key = header_key(answers_header(result.generation, model=model_fingerprint(models[name])))
+            assert answers == answers_path(folder / task, key)
             assert len(answers.read_text().splitlines()) == by_bench[task].metrics["n_items"]
 
     table = result.table()
