@@ -6,6 +6,7 @@ import pytest
 
 from rlhfv_nb.config import ModelConfig
 from rlhfv_nb.evaluate.judge import JudgeUnavailable
+from rlhfv_nb.generate import answers_header, header_key
 from rlhfv_nb.rlaifv.build import build_claims, build_labeler
 from rlhfv_nb.rlaifv.claims import LLMClaims, WorldClaims
 from rlhfv_nb.rlaifv.config import RlaifvFeedbackConfig
@@ -20,7 +21,7 @@ def test_defaults_and_candidate_settings() -> None:
     settings = cfg.candidate_settings()
     assert [s.seed for s in settings] == [7, 8, 9]
     assert {(s.do_sample, s.temperature, s.top_p, s.max_new_tokens) for s in settings} == {(True, 0.7, 1.0, 512)}
-    assert len({s.key for s in settings}) == 3  # one answer file per candidate
+    assert len({header_key(answers_header(s)) for s in settings}) == 3  # one answer file per candidate
 
 
 @pytest.mark.parametrize(("kwargs", "message"), [
