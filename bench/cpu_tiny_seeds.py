@@ -46,10 +46,6 @@ RELATIVE = ("CHAIRs", "CHAIRi", "recall")
 SFT, DDPO, DPO = "SFT", "DDPO gamma=5", "DPO (gamma=1)"
 
 
-def _within(points: float) -> Callable[[dict, dict, str], bool]:
-    return lambda sft, ddpo, key: abs(ddpo[key] - sft[key]) <= points
-
-
 # cpu-tiny's targets for DDPO (gamma 5) against SFT: hallucination down, what the model can do kept.
 TARGETS: dict[str, tuple[str, Callable[[dict, dict], bool]]] = {
     "CHAIRs at least 30% lower": ("CHAIRs", lambda sft, ddpo: ddpo["CHAIRs vs SFT"] <= -0.30),
