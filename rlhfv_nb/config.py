@@ -151,7 +151,11 @@ class FeedbackConfig:
     """Simulated correctional feedback on the synthetic world (the annotator of RLHF-V)."""
 
     samples_per_image: int = 2  # sampled descriptions per fresh image
-    short_questions: int = 1  # short questions (yes/no, colour, count, cell) asked per fresh image
+    exists_questions: int = 0  # existence questions ("is there a tent?") asked per fresh image: 0, 1 or 2
+    short_questions: int = 1  # other short questions (colour, count, cell) asked per fresh image
+    # Short-question types whose right answers still give a pair, a wrong answer of the annotator's rejected
+    # (`world.wrong_short_answer`): corrections alone show DPO only the model's mistakes, and it drifts on the rest.
+    right_answer_pairs: list[str] = field(default_factory=list)
     temperature: float = 0.7
     top_p: float = 1.0
     max_new_tokens: int = 64
@@ -273,6 +277,7 @@ class RlaifvConfig:
 
     rounds: int = 0  # 0: off, notebook 06 does not run; RLAIF-V runs 4
     prompts_per_round: int = 200  # fresh world images per round, one description prompt each
+    pairs_per_round: int = 0  # at most this many of a round's pairs, drawn at random (0: all of them)
     feedback: dict[str, Any] = field(default_factory=dict)  # RlaifvFeedbackConfig overrides
     labeler_images: int = 200  # world labeler: fresh images of its own to train on
     labeler_steps: int = 150  # world labeler: training steps (batches of 64 cells)
@@ -402,7 +407,10 @@ def _validate(cfg: Config) -> Config:
                                                   {"auto", "llm", "words"}),
         "evaluation.pope_source": (cfg.evaluation.pope_source, {"official", "coco"}),
         "rlaifv.select_by": (cfg.rlaifv.select_by, {"CHAIRi", "CHAIRs"}),
+        "feedback.exists_questions": (cfg.feedback.exists_questions, {0, 1, 2}),
     }
+    choices.update({f"feedback.right_answer_pairs[{i}]": (qtype, {"exists", "color", "count", "cell"})
+                    for i, qtype in enumerate(cfg.feedback.right_answer_pairs)})
     for key, (value, allowed) in choices.items():
         if value not in allowed:
             raise ConfigError(f"{key}: {value!r} is not one of {sorted(allowed)}")
@@ -447,8 +455,9 @@ def _validate(cfg: Config) -> Config:
 
 
 def _check_rlaifv(rlaifv: RlaifvConfig) -> None:
-    """`ConfigError` for negative rounds or selection images, or feedback settings `RlaifvFeedbackConfig` refuses."""
-    for key in ("rounds", "select_images"):
+    """`ConfigError` for negative rounds, selection images or pair caps, or feedback settings
+    `RlaifvFeedbackConfig` refuses."""
+    for key in ("rounds", "select_images", "pairs_per_round"):
         if getattr(rlaifv, key) < 0:
             raise ConfigError(f"rlaifv.{key}: must be >= 0, got {getattr(rlaifv, key)!r}")
     if not rlaifv.feedback:

@@ -99,7 +99,8 @@ class AnswersFile:
     settings sidecar, shared by every backend. Without a path, answers are only kept in memory.
 
     Opening checks the sidecar against `header` (a file holding answers made otherwise is refused), reads the
-    finished answers and trims a torn last line (a kill mid-write), so that item is answered again. `add`
+    finished answers and trims a torn last line (a kill mid-write), so that item is answered again; so is an item
+    whose recorded answer is to another question. `add`
     appends, flushes and fsyncs; it may be called from several threads.
     """
 
@@ -115,8 +116,10 @@ class AnswersFile:
             trim_torn_line(self.path)
 
     def todo(self, items: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
-        """The items not answered yet, in order."""
-        return [item for item in items if item["id"] not in self.done]
+        """The items not answered yet, in order; an item whose id was answered for another question is answered
+        again (ids reused for other questions, e.g. after the feedback's question mix changed)."""
+        return [item for item in items
+                if self.done.get(item["id"], {}).get("question", object()) != item["question"]]
 
     def add(self, records: Sequence[dict[str, Any]]) -> None:
         """Keep and append finished answers (each with its item's `id`)."""

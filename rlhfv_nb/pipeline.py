@@ -203,10 +203,12 @@ def run_sft(cfg: Config) -> str:
 def collect_feedback(cfg: Config, model=None, processor=None) -> dict[str, Any]:
     """RLHF-V-style correctional feedback on the synthetic world, written in the RLHF-V-Dataset schema.
 
-    The SFT model answers description prompts (and `feedback.short_questions` short questions) on fresh
-    images; the simulated annotator corrects the hallucinated segments against the known objects (a wrong
-    short answer is replaced by the right one); the original is `rejected`, the correction `chosen`. The
-    pairs then go through the same loader as hub data.
+    The SFT model answers description prompts (and `feedback.exists_questions` existence and
+    `feedback.short_questions` other short questions) on fresh images; the simulated annotator corrects the
+    hallucinated segments against the known objects (a wrong short answer is replaced by the right one); the
+    original is `rejected`, the correction `chosen`. A right short answer of a type in
+    `feedback.right_answer_pairs` is `chosen` against a wrong one of the annotator's. The pairs then go through
+    the same loader as hub data.
     """
     wcfg = world_config(cfg)
     path = sft_model_path(cfg)
@@ -220,7 +222,8 @@ def collect_feedback(cfg: Config, model=None, processor=None) -> dict[str, Any]:
         for i in range(len(scenes)) for k in range(cfg.feedback.samples_per_image)
     ]
     for i, scene in enumerate(scenes):
-        asked = short_rng.sample(world.short_questions(scene, short_rng, wcfg), cfg.feedback.short_questions)
+        asked = world.pick_questions(world.short_questions(scene, short_rng, wcfg), short_rng,
+                                     cfg.feedback.exists_questions, cfg.feedback.short_questions)
         items += [{"id": f"{i}-q{k}", "image": images[i], "question": qa.question, "scene": i, "qa": qa}
                   for k, qa in enumerate(asked)]
     settings = GenerationSettings(max_new_tokens=cfg.feedback.max_new_tokens, do_sample=True,
@@ -229,28 +232,35 @@ def collect_feedback(cfg: Config, model=None, processor=None) -> dict[str, Any]:
     model_id = model_fingerprint(path)  # the SFT model's: answers of an earlier SFT model are never reused
     answers = generate_answers(model, processor, items, settings, layout.feedback_answers(settings, model_id),
                                cfg.feedback.batch_size, model_id=model_id)
-    pairs, unchanged = [], 0
+    pairs = []
     corrected_by_type: Counter[str] = Counter()
+    right_by_type: Counter[str] = Counter()
     for item, answer in zip(items, answers):
         qa = item["qa"]
         if qa is None:
             qtype, corrected = "describe", world.correct_description(answer["answer"], scenes[item["scene"]], wcfg)
         else:
             qtype, corrected = qa.type, world.correct_short_answer(answer["answer"], qa)
-        if corrected.strip() == answer["answer"].strip():
-            unchanged += 1
+        rejected = answer["answer"]
+        if corrected.strip() != rejected.strip():
+            corrected_by_type[qtype] += 1
+        elif qtype in cfg.feedback.right_answer_pairs:
+            rejected = world.wrong_short_answer(qa, short_rng, wcfg)
+            right_by_type[qtype] += 1
+        else:
             continue
-        corrected_by_type[qtype] += 1
         pairs.append({"image": item["image"], "question": item["question"], "chosen": corrected,
-                      "rejected": answer["answer"], "idx": len(pairs), "image_path": f"world/{item['scene']}.png"})
+                      "rejected": rejected, "idx": len(pairs), "image_path": f"world/{item['scene']}.png"})
     if not pairs:
         raise DataError("feedback: the SFT model made no mistakes to correct; no preference pairs")
     write_parquet(rlhfv_records(pairs, "synthetic-world"), layout.feedback_records)
     normalised, bad = normalise_preferences(load_raw(str(layout.feedback_records)), "feedback", cfg.data.on_bad_row,
                                             cfg.data.max_image_pixels)
     write_parquet(normalised, layout.feedback_preferences)
-    stats = {"answers": len(answers), "corrected": len(pairs), "already_correct": unchanged,
-             "correction_rate": len(pairs) / len(answers), "corrected_by_type": dict(corrected_by_type),
+    corrected = sum(corrected_by_type.values())
+    stats = {"answers": len(answers), "pairs": len(pairs), "corrected": corrected,
+             "already_correct": len(answers) - corrected, "correction_rate": corrected / len(answers),
+             "corrected_by_type": dict(corrected_by_type), "right_answer_pairs_by_type": dict(right_by_type),
              "bad_rows": bad.to_dict()}
     write_json(layout.feedback_stats, stats)
     return stats

@@ -374,6 +374,13 @@ def short_questions(scene: Scene, rng: random.Random, cfg: WorldConfig) -> list[
     return qas
 
 
+def pick_questions(qas: list[ShortQA], rng: random.Random, n_exists: int, n_others: int) -> list[ShortQA]:
+    """`n_exists` of the existence questions (all of them when there are no more), then `n_others` of the rest."""
+    exists, others = [q for q in qas if q.type == "exists"], [q for q in qas if q.type != "exists"]
+    picked = exists if n_exists >= len(exists) else rng.sample(exists, n_exists)
+    return picked + rng.sample(others, min(len(others), n_others))
+
+
 def num_cell_classes(cfg: WorldConfig) -> int:
     """Classes of `cell_classes`: every (kind, colour) pair, plus "empty"."""
     return len(cfg.kinds) * len(cfg.colors) + 1
@@ -498,6 +505,28 @@ def correct_short_answer(answer: str, qa: ShortQA) -> str:
     return answer if same_answer(answer, qa.answer) else qa.answer
 
 
+def short_answers(qtype: str, cfg: WorldConfig) -> list[str]:
+    """Every answer a short question of this type can have in the world (colours, counts, things in a cell)."""
+    if qtype == "exists":
+        return ["Yes.", "No."]
+    if qtype == "color":
+        return [f"{_capitalise(c)}." for c in cfg.color_names]
+    if qtype == "count":
+        return [f"{_capitalise(_number(n))}." for n in range(cfg.min_objects, cfg.max_objects + 1)]
+    if qtype == "cell":
+        things = [f"{_capitalise(_article(c))} {c} {k}." for k in cfg.kind_names for c in cfg.color_names]
+        return ["Nothing.", *things]
+    raise ValueError(f"unknown short question type {qtype!r}")
+
+
+def wrong_short_answer(qa: ShortQA, rng: random.Random, cfg: WorldConfig) -> str:
+    """A wrong answer to a short question, drawn from the answers its type can have: what the annotator rejects
+    when the model answered right (a cell that holds something is said to be empty half of the time)."""
+    if qa.type == "cell" and not same_answer(qa.answer, "Nothing.") and rng.random() < 0.5:
+        return "Nothing."
+    return rng.choice([a for a in short_answers(qa.type, cfg) if not same_answer(a, qa.answer)])
+
+
 # ---------------------------------------------------------------- datasets
 
 
@@ -530,10 +559,8 @@ def make_sft_rows(
     for _ in range(n_images):
         scene = sample_scene(rng, cfg, "sft")
         image, info = render(scene, cfg), scene.to_dict()
-        qas = short_questions(scene, rng, cfg)
-        exists, others = [q for q in qas if q.type == "exists"], [q for q in qas if q.type != "exists"]
-        picked = exists if cfg.sft_exists_questions >= len(exists) else rng.sample(exists, cfg.sft_exists_questions)
-        picked += rng.sample(others, min(len(others), rng.randint(*short_per_image)))
+        picked = pick_questions(short_questions(scene, rng, cfg), rng, cfg.sft_exists_questions,
+                                rng.randint(*short_per_image))
         rows.append(
             {
                 "image": image,

@@ -89,3 +89,30 @@ def test_cpu_tiny_seeds_summary(tmp_path):
     sentence = seeds.summary_sentence({2: result})
     assert "with 2 torch threads, response-level CHAIR goes from 30.0% (SFT) to 10.0%" in sentence
     assert sentence.startswith("Mean over seeds 0, 1 (500 held-out images each)")
+
+
+def test_rlaifv_seeds_summary_and_tables(tmp_path):
+    """The means over seeds of the SFT model, the iterative arm's last round and one-shot, the per-round tables and
+    the docs block, from hand-made round rows; a seed without an SFT run folder is refused by name."""
+    from bench import rlaifv_seeds as rs
+
+    def row(number: int, chairs: float, pairs: int | None = None) -> dict:
+        trained = {"gamma": 5.0, "pairs": pairs, "labeler_accuracy": 0.9, "wrongly_ordered": 0.05} if pairs else {}
+        return {key: None for key in rs.ROUND_KEYS} | {"round": number, "CHAIRs": chairs, "CHAIRi": chairs / 2,
+                                                      "recall": 0.9, "avg_len": 20.0} | trained
+
+    per_seed = {0: {"iterative": [row(0, 0.4), row(1, 0.3, 100), row(2, 0.2, 80)], "oneshot": [row(0, 0.4),
+                                                                                              row(1, 0.3, 180)]},
+                1: {"iterative": [row(0, 0.2), row(1, 0.2, 50), row(2, 0.1, 40)], "oneshot": [row(0, 0.2),
+                                                                                             row(1, 0.2, 90)]}}
+    mean = rs.summary(per_seed)
+    assert mean["SFT"]["CHAIRs"] == pytest.approx(0.3) and "pairs" not in mean["SFT"]
+    assert mean["iterative"]["CHAIRs"] == pytest.approx(0.15) and mean["one-shot"]["CHAIRs"] == pytest.approx(0.25)
+    assert mean["iterative"]["pairs"] == mean["one-shot"]["pairs"] == 135  # over all rounds: (180 + 90) / 2
+    table = rs.seed_table(0, per_seed[0])
+    assert table.count("| 0 | iterative |") == 3 and table.count("| 0 | oneshot |") == 1
+    assert "| 0 | oneshot | 1 | 5 | 180 | 0.900 | 0.050 | 0.300 | 0.150 | 0.900 | 20.0 |" in table
+    block = rs.docs_block({"per_seed": per_seed, "mean": mean, "threads": 1, "machine": {"cpus": 2, "torch": "x"}})
+    assert block.startswith("| model (mean over seeds) |") and "Per seed (0, 1):" in block
+    with pytest.raises(FileNotFoundError, match="seed9: no SFT model; run `python -m bench.cpu_tiny_seeds`"):
+        rs.copy_sft_run(tmp_path / "seed9", tmp_path / "dest")

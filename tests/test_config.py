@@ -94,6 +94,9 @@ def test_missing_local_file_is_reported(tmp_path):
         ({"data": {"max_length": -1}}, r"data\.max_length: must be > 0"),
         ({"model": {"load_in_4bit": True}}, r"model\.load_in_4bit: .*set model\.lora\.enabled"),
         ({"data": {"world": {"no_such_field": 1}}}, r"data\.world: "),
+        ({"feedback": {"exists_questions": 3}}, r"feedback\.exists_questions: 3 is not one of \[0, 1, 2\]"),
+        ({"feedback": {"right_answer_pairs": ["exists", "colour"]}},
+         r"feedback\.right_answer_pairs\[1\]: 'colour' is not one of"),
     ],
 )
 def test_invalid_choice_or_value(values, message):

@@ -90,6 +90,23 @@ def test_generation_resumes_and_skips_finished_items(tiny, tmp_path):
     assert (tmp_path / "answers.jsonl.settings.json").exists()
 
 
+def test_an_id_answered_for_another_question_is_answered_again(tiny, tmp_path):
+    """Ids name positions (feedback's "<image>-q0"), so a changed question mix reuses them: the old answer is not
+    taken for the new question."""
+    model, processor, items = tiny
+    path = tmp_path / "answers.jsonl"
+    first = generate_answers(model, processor, items, GREEDY, path, batch_size=5, progress=False)
+    asked_otherwise = [dict(items[1], id=items[0]["id"]), *items[1:]]  # item 1's question and image under id 0
+    with Generations(model) as again:
+        answers = generate_answers(model, processor, asked_otherwise, GREEDY, path, batch_size=5, progress=False)
+    assert again.rows == 1 and answers[1:] == first[1:]
+    assert answers[0]["question"] == items[1]["question"] and answers[0]["answer"] == first[1]["answer"]
+    assert read_answers(path)[items[0]["id"]] == answers[0]  # the newer answer wins on the next read
+    with Generations(model) as after:
+        generate_answers(model, processor, asked_otherwise, GREEDY, path, batch_size=5, progress=False)
+    assert after.rows == 0
+
+
 def test_truncated_answer_line_is_regenerated_once(tiny, tmp_path):
     model, processor, items = tiny
     path = tmp_path / "answers.jsonl"

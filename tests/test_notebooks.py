@@ -47,7 +47,12 @@ def test_every_stage_leaves_its_artifacts(run_folder: Path) -> None:
     assert (run_folder / "ddpo" / "gamma5" / "final" / "config.json").exists()
     assert (run_folder / "ddpo" / "gamma1" / "final" / "config.json").exists()
     metrics = json.loads((run_folder / "metrics.json").read_text())
-    assert metrics["sft"]["feedback"]["corrected"] > 0
+    feedback = metrics["sft"]["feedback"]  # cpu-tiny pairs every short answer, a right one against a wrong one
+    assert feedback["corrected"] > 0 and set(feedback["right_answer_pairs_by_type"]) <= {"exists", "color", "count",
+                                                                                          "cell"}
+    assert feedback["pairs"] == feedback["corrected"] + sum(feedback["right_answer_pairs_by_type"].values())
+    assert sum(feedback["right_answer_pairs_by_type"].values()) + sum(
+        n for qtype, n in feedback["corrected_by_type"].items() if qtype != "describe") == 2 * 40  # 2 per image
     assert 0.0 <= metrics["ddpo"]["gamma=5"]["rewards/accuracies"] <= 1.0
     results = metrics["evaluation"]["results"]
     assert set(results) == {"SFT", "DDPO gamma=5", "DPO (gamma=1)"}

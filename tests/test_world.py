@@ -20,12 +20,15 @@ from rlhfv_nb.world import (
     make_fresh_scenes,
     make_sft_rows,
     num_cell_classes,
+    pick_questions,
     place_phrase,
     render,
     same_answer,
     sample_scene,
+    short_answers,
     short_questions,
     synonyms_text,
+    wrong_short_answer,
 )
 
 CFG = WorldConfig()
@@ -56,6 +59,40 @@ def test_config_from_dict_with_lists():
     }
     assert WorldConfig(**d) == CFG
     hash(WorldConfig(**d))
+
+
+def test_wrong_short_answers_are_wrong_and_possible() -> None:
+    """The annotator's rejected answer to a question the model got right: another answer of the same type."""
+    rng = random.Random(3)
+    seen: dict[str, set[str]] = {}
+    for scene in make_fresh_scenes(CFG, 100, seed=7):
+        for qa in short_questions(scene, rng, CFG):
+            wrong = wrong_short_answer(qa, rng, CFG)
+            assert not same_answer(wrong, qa.answer) and qa.answer in short_answers(qa.type, CFG)
+            assert wrong in short_answers(qa.type, CFG)
+            seen.setdefault(qa.type, set()).add(wrong)
+            if qa.type == "exists":
+                assert {qa.answer, wrong} == {"Yes.", "No."}
+    assert seen["color"] == {f"{c.capitalize()}." for c in CFG.color_names}
+    assert "Nothing." in seen["cell"] and len(seen["cell"]) > 10
+    assert short_answers("count", CFG) == ["One.", "Two.", "Three.", "Four."]
+    with pytest.raises(ValueError, match="unknown short question type 'shape'"):
+        short_answers("shape", CFG)
+
+
+@pytest.mark.parametrize(("n_exists", "n_others"), [(0, 1), (1, 0), (1, 3), (2, 1), (2, 20)])
+def test_pick_questions_asks_the_existence_questions_apart(n_exists: int, n_others: int) -> None:
+    """Feedback and SFT rows ask `n_exists` existence questions and `n_others` of the colour / count / cell ones."""
+    rng = random.Random(n_exists * 10 + n_others)
+    for scene in make_fresh_scenes(CFG, 20, seed=6):
+        qas = short_questions(scene, rng, CFG)
+        picked = pick_questions(qas, rng, n_exists, n_others)
+        exists = [q for q in picked if q.type == "exists"]
+        assert len(exists) == min(n_exists, sum(q.type == "exists" for q in qas))
+        assert len(picked) - len(exists) == min(n_others, len(qas) - sum(q.type == "exists" for q in qas))
+        assert len({q.question for q in picked}) == len(picked) and all(q in qas for q in picked)
+        if n_exists == 2 and len(exists) == 2:
+            assert sorted(q.answer for q in exists) == ["No.", "Yes."]
 
 
 @pytest.mark.parametrize(

@@ -220,7 +220,9 @@ def llava_bench(ctx: Context) -> Task:
 def world(ctx: Context, wanted: tuple[str, ...]) -> Task:
     """Held-out synthetic-world items: CHAIR and wrong colours/places on descriptions, POPE metrics on existence
     questions, accuracy on colour, count and cell questions."""
-    items = world_eval.eval_items(ctx.cfg)
+    # Descriptions first: a batch then decodes as long as its answers need (short answers stop after a few tokens),
+    # instead of every batch running as long as the one description it holds.
+    items = sorted(world_eval.eval_items(ctx.cfg), key=lambda item: item["qtype"] != "describe")
     vocab = world_eval.world_vocabulary(ctx.cfg)
     world_cfg = world_config(ctx.cfg)
 

@@ -14,6 +14,7 @@ never paired.
 
 from __future__ import annotations
 
+import random
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -51,6 +52,15 @@ def select_pairs(scores: Sequence[int], rule: PairRule) -> list[tuple[int, int]]
     pairs.sort(key=lambda pair: (scores[pair[1]] - scores[pair[0]], rank[pair[0]], rank[pair[1]]))
     limit = 1 if rule.kind == "best_vs_worst" else rule.max_pairs
     return pairs[:limit]
+
+
+def keep_pairs(pairs: Sequence[Sequence[tuple[int, int]]], total: int, seed: int) -> list[list[tuple[int, int]]]:
+    """`total` of all prompts' pairs, drawn at random (seeded) and kept in their order within each prompt; all of
+    them when there are no more. Equal pair counts for runs that prompt differently (one-shot vs iterative)."""
+    every = [(prompt, position) for prompt, chosen in enumerate(pairs) for position in range(len(chosen))]
+    kept = set(random.Random(seed).sample(every, total)) if total < len(every) else set(every)
+    return [[pair for position, pair in enumerate(chosen) if (prompt, position) in kept]
+            for prompt, chosen in enumerate(pairs)]
 
 
 @dataclass(frozen=True)

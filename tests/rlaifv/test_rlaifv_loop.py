@@ -84,6 +84,8 @@ def test_audit_counts_labeler_mistakes_and_wrongly_ordered_pairs() -> None:
 def test_config_section_is_checked_and_turns_notebook_06_on() -> None:
     with pytest.raises(ConfigError, match="rlaifv.rounds: must be >= 0"):
         load_config(CPU_TINY, rlaifv={"rounds": -1})
+    with pytest.raises(ConfigError, match="rlaifv.pairs_per_round: must be >= 0, got -5"):
+        load_config(CPU_TINY, rlaifv={"pairs_per_round": -5})
     with pytest.raises(ConfigError, match="rlaifv.feedback: .*needs splitter 'world'"):
         load_config(CPU_TINY, rlaifv={"feedback": {"labeler": "world", "splitter": "llm", "splitter_model": "m"}})
     with pytest.raises(ConfigError, match="rlaifv.select_by"):

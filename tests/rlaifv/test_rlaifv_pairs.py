@@ -9,7 +9,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from rlhfv_nb.data import encode_image, load_raw, normalise_preferences, write_parquet
-from rlhfv_nb.rlaifv.pairs import RLAIFV_COLUMNS, PairRule, Prompt, pair_records, select_pairs
+from rlhfv_nb.rlaifv.pairs import RLAIFV_COLUMNS, PairRule, Prompt, keep_pairs, pair_records, select_pairs
 from rlhfv_nb.world import WorldConfig, make_fresh_scenes, render
 
 SCORES = [0, -2, -1, 0, -2]
@@ -39,6 +39,18 @@ def test_ties_are_never_paired(scores: list[int], kind: str) -> None:
 def test_ties_break_by_candidate_order() -> None:
     assert select_pairs([-1, 0, -1, 0], PairRule("best_vs_worst")) == [(1, 0)]
     assert select_pairs([-1, 0, -1, 0], PairRule("all_ordered")) == [(1, 0), (1, 2), (3, 0), (3, 2)]
+
+
+def test_keep_pairs_draws_the_total_and_keeps_each_prompts_order() -> None:
+    pairs = [ALL_ORDERED, [], [(1, 0)], ALL_ORDERED[:3]]
+    kept = keep_pairs(pairs, 5, seed=1)
+    assert sum(map(len, kept)) == 5 and len(kept) == len(pairs)
+    assert all(chosen == [p for p in every if p in chosen] for chosen, every in zip(kept, pairs))  # an ordered subset
+    assert keep_pairs(pairs, 5, seed=1) == kept and keep_pairs(pairs, 5, seed=2) != kept  # seeded
+    assert keep_pairs(pairs, 12, seed=1) == pairs and keep_pairs(pairs, 50, seed=1) == pairs
+    draws = [keep_pairs(pairs, 6, seed) for seed in range(200)]  # every pair is drawn, about half of the time
+    share = [sum(pair in draw[0] for draw in draws) / 200 for pair in ALL_ORDERED]
+    assert all(0.3 < s < 0.7 for s in share), share
 
 
 @pytest.mark.parametrize(("kwargs", "message"), [
