@@ -23,14 +23,17 @@ REDUCED = {
     "ddpo": {"ablation_gammas": []},
 }
 # Bounds argued from the spread of the full runs (bench/results/cpu_tiny_seeds-*.json, 3 seeds x 1 and 2 threads,
-# 500 images): SFT response-level CHAIR was 9.4-13.6%, DDPO cut it by 51-67% and lost 1-5% of recall, and
-# count / cell accuracy fell by at most 4.2 / 5.0 points. On 200 images one response is 0.5 points of CHAIR and
-# the sampling error of a 12% rate is about 2.3 points, so each bound sits at least 3 such errors (or twice
-# the worst measured change) away from what the runs gave. The full run's targets: -30%, -10%, 5 points.
+# 500 images): SFT response-level CHAIR was 9.4-13.6%, DDPO cut it by 53-80% and lost 1.3-7.8% of recall, count and
+# cell accuracy moved by at most 0.4 and 0.9 points, POPE accuracy rose by 1.6-4.2 points on every run and the
+# yes-ratio stayed at 44-65%. On 200 images one response is 0.5 points of CHAIR and the sampling error of a 12%
+# rate is about 2.3 points; of POPE accuracy (400 questions) about 2 points. Each bound sits at least 3 such errors
+# (or twice the worst measured change) away from what the runs gave. The full run's targets: -30%, -10%, 5 points.
 MIN_SFT_CHAIR = 0.05
 MIN_CHAIR_DROP = 0.25
-MIN_RECALL_KEPT = 0.90
-MAX_SKILL_LOSS = 0.10  # count and cell accuracy, absolute
+MIN_RECALL_KEPT = 0.85
+MAX_SKILL_LOSS = 0.05  # count and cell accuracy, absolute
+MAX_POPE_LOSS = 0.05  # POPE accuracy, absolute
+YES_RATIO = (0.25, 0.75)  # DDPO's POPE yes-ratio
 
 pytestmark = pytest.mark.slow
 
@@ -65,8 +68,17 @@ def test_ddpo_hallucinates_less_without_saying_less(reduced_run) -> None:
 
 def test_ddpo_keeps_short_answers(reduced_run) -> None:
     """Counting objects and naming what is at a place survive DDPO (they fell 100 -> 66% and 74 -> 64% before the
-    annotator stopped teaching wrong places)."""
+    annotator stopped teaching wrong places, and cell accuracy lost 2-5 points on corrections alone)."""
     cfg, metrics = reduced_run
     sft, ddpo = metrics["SFT"], metrics[pipeline.model_label(cfg.ddpo.gamma)]
     for skill in ("count_accuracy", "cell_accuracy"):
         assert ddpo[skill] >= sft[skill] - MAX_SKILL_LOSS, f"{skill} {sft[skill]:.3f} -> {ddpo[skill]:.3f}"
+
+
+def test_ddpo_keeps_answering_existence_questions(reduced_run) -> None:
+    """POPE survives DDPO because every short answer gives a pair (it fell 13-14 points on corrections alone, the
+    yes-ratio swinging to 25-76%)."""
+    cfg, metrics = reduced_run
+    sft, ddpo = (metrics[name]["splits"]["world"] for name in ("SFT", pipeline.model_label(cfg.ddpo.gamma)))
+    assert ddpo["accuracy"] >= sft["accuracy"] - MAX_POPE_LOSS, f"POPE {sft['accuracy']:.3f} -> {ddpo['accuracy']:.3f}"
+    assert YES_RATIO[0] <= ddpo["yes_ratio"] <= YES_RATIO[1], f"DDPO answers yes to {ddpo['yes_ratio']:.0%}"
