@@ -26,7 +26,7 @@ from bench.cpu_tiny_seeds import replace_block, threads_label
 from rlhfv_nb.files import read_json, write_json, write_text
 
 ROUND_KEYS = ("round", "gamma", "prompts", "pairs", "trained_pairs", "labeler_accuracy", "wrongly_ordered",
-              "tied_in_truth", "true_score_mean", "CHAIRs", "CHAIRi", "recall", "avg_len", "seconds")
+              "tied_in_truth", "true_score_mean", "CHAIRs", "CHAIRi", "recall", "avg_len", "selection", "seconds")
 SHOWN = ("CHAIRs", "CHAIRi", "recall", "avg_len")
 DOC = ROOT / "docs" / "rlaifv.md"
 
@@ -94,10 +94,14 @@ def run_seeds(args: argparse.Namespace) -> dict[str, Any]:
     for seed in args.seeds:
         per_seed[seed] = run_seed(args.params, seed, args.threads)
         print(seed_table(seed, per_seed[seed]), "\n", flush=True)
+    from rlhfv_nb.config import load_config
+
     result = {"args": recorded_args(args), "threads": args.threads, "per_seed": per_seed,
-              "mean": summary(per_seed), "machine": machine()}
+              "mean": summary(per_seed), "select_by": load_config(args.params).rlaifv.select_by,
+              "machine": machine()}
     write_json(args.out or results_path(args.threads), result)
     print(mean_table(result))
+    print(gamma_summary(per_seed, result["select_by"]))
     return result
 
 
@@ -126,11 +130,36 @@ def mean_table(result: dict[str, Any]) -> str:
     return markdown_table(header, rows)
 
 
+def gamma_rounds(per_seed: dict[Any, dict[str, list[dict[str, Any]]]]) -> list[tuple[Any, str, int, float, float]]:
+    """(seed, arm, round, selection metric of gamma 5, of gamma 1) for every round that measured both: the two
+    models trained on the same pairs from the same policy, on the loop's selection images."""
+    found = []
+    for seed, arms in per_seed.items():
+        for arm, rows in arms.items():
+            for row in rows[1:]:
+                selection = row.get("selection") or {}
+                if selection.get("gamma=5") is not None and selection.get("gamma=1") is not None:
+                    found.append((seed, arm, row["round"], selection["gamma=5"], selection["gamma=1"]))
+    return found
+
+
+def gamma_summary(per_seed: dict[Any, dict[str, list[dict[str, Any]]]], metric: str) -> str:
+    """One sentence: in how many rounds DDPO (gamma 5) beat plain DPO (gamma 1) on the selection images."""
+    rounds = gamma_rounds(per_seed)
+    if not rounds:
+        return "No round trained both gamma 5 and gamma 1."
+    lower = sum(dense < plain for *_, dense, plain in rounds)
+    mean = statistics.fmean(dense - plain for *_, dense, plain in rounds)
+    return (f"Gamma 5 against gamma 1, trained on the same pairs from the same policy: the lower {metric} on the "
+            f"selection images in {lower} of {len(rounds)} rounds; mean difference (gamma 5 - gamma 1) {mean:+.4f}.")
+
+
 def docs_block(result: dict[str, Any]) -> str:
     """docs/rlaifv.md's tables of one results file: the means, then every seed's rounds."""
     seeds = ", ".join(str(seed) for seed in result["per_seed"])
     lines = [mean_table(result), "", f"Per seed ({seeds}):", ""]
     lines += [seed_table(seed, arms) + "\n" for seed, arms in result["per_seed"].items()]
+    lines += [gamma_summary(result["per_seed"], result.get("select_by", "CHAIRi")), ""]
     lines.append(f"Machine: {result['machine']['cpus']} CPUs, torch {result['machine']['torch']}, "
                  f"{result['threads']} torch thread(s) per process.")
     return "\n".join(lines)
