@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import os
 import platform
 import resource
@@ -10,7 +11,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -137,3 +138,23 @@ def recorded_args(args: Any) -> dict[str, str]:
             value = value.resolve().relative_to(ROOT)
         out[key] = str(value)
     return out
+
+
+def seeds_main(argv: list[str] | None, doc: str, params: Path, results: str,
+               run_seeds: Callable[[argparse.Namespace], Any], write_docs: Callable[[], None],
+               add_arguments: Callable[[argparse.ArgumentParser], None] | None = None) -> Any:
+    """The command line of a per-seed bench: run `--seeds` with `--threads` threads (`run_seeds(args)`), or only
+    rewrite the docs' tables from the results files (`--write-docs`)."""
+    parser = argparse.ArgumentParser(description=doc.splitlines()[0])
+    parser.add_argument("--params", type=Path, default=params)
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--threads", type=int, default=1, help="torch threads per process")
+    if add_arguments:
+        add_arguments(parser)
+    parser.add_argument("--out", type=Path, default=None, help=f"default: bench/results/{results}-<N>thread(s).json")
+    parser.add_argument("--write-docs", action="store_true", help="only rewrite the docs' tables from the results")
+    args = parser.parse_args(argv)
+    if args.write_docs:
+        write_docs()
+        return None
+    return run_seeds(args)

@@ -27,7 +27,7 @@ from typing import Any
 
 import nbformat
 
-from bench.common import RESULTS, ROOT, machine, markdown_table, recorded_args
+from bench.common import RESULTS, ROOT, machine, markdown_table, recorded_args, seeds_main
 from rlhfv_nb.files import read_json, write_json, write_text
 
 COLUMNS = {  # metrics.json table column -> short name
@@ -223,18 +223,11 @@ def write_docs(readme: Path = ROOT / "README.md", doc: Path = ROOT / "docs" / "c
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any] | None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--params", type=Path, default=ROOT / "params" / "cpu-tiny.yaml")
-    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    parser.add_argument("--threads", type=int, default=1, help="torch threads per process")
-    parser.add_argument("--set", action="append", default=[], help="override, e.g. ddpo.lr=1e-4")
-    parser.add_argument("--out", type=Path, default=None, help="default: bench/results/cpu_tiny_seeds-<N>thread(s)")
-    parser.add_argument("--write-docs", action="store_true", help="only rewrite the docs' blocks from the results")
-    args = parser.parse_args(argv)
-    if args.write_docs:
-        write_docs()
-        return None
-    return run_seeds(args)
+    def overrides(parser: argparse.ArgumentParser) -> None:
+        parser.add_argument("--set", action="append", default=[], help="override, e.g. ddpo.lr=1e-4")
+
+    return seeds_main(argv, __doc__, ROOT / "params" / "cpu-tiny.yaml", "cpu_tiny_seeds", run_seeds, write_docs,
+                      overrides)
 
 
 if __name__ == "__main__":

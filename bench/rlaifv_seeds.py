@@ -21,7 +21,7 @@ import statistics
 from pathlib import Path
 from typing import Any
 
-from bench.common import RESULTS, ROOT, machine, markdown_table, recorded_args
+from bench.common import RESULTS, ROOT, machine, markdown_table, recorded_args, seeds_main
 from bench.cpu_tiny_seeds import replace_block, threads_label
 from rlhfv_nb.files import read_json, write_json, write_text
 
@@ -179,17 +179,7 @@ def write_docs(doc: Path = DOC) -> None:
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any] | None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--params", type=Path, default=ROOT / "params" / "cpu-tiny-rlaifv.yaml")
-    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    parser.add_argument("--threads", type=int, default=1, help="torch threads per process")
-    parser.add_argument("--out", type=Path, default=None, help="default: bench/results/rlaifv_seeds-<N>thread(s)")
-    parser.add_argument("--write-docs", action="store_true", help="only rewrite docs/rlaifv.md's tables")
-    args = parser.parse_args(argv)
-    if args.write_docs:
-        write_docs()
-        return None
-    return run_seeds(args)
+    return seeds_main(argv, __doc__, ROOT / "params" / "cpu-tiny-rlaifv.yaml", "rlaifv_seeds", run_seeds, write_docs)
 
 
 if __name__ == "__main__":
