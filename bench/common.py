@@ -140,6 +140,11 @@ def recorded_args(args: Any) -> dict[str, str]:
     return out
 
 
+def add_set_argument(parser: argparse.ArgumentParser) -> None:
+    """`--set key=value` (repeatable): config overrides, as `rlhfv-nb run --set` takes them."""
+    parser.add_argument("--set", action="append", default=[], help="override, e.g. ddpo.lr=1e-4")
+
+
 def seeds_main(argv: list[str] | None, doc: str, params: Path, results: str,
                run_seeds: Callable[[argparse.Namespace], Any], write_docs: Callable[[], None],
                add_arguments: Callable[[argparse.ArgumentParser], None] | None = None) -> Any:

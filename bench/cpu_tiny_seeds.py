@@ -27,7 +27,7 @@ from typing import Any
 
 import nbformat
 
-from bench.common import RESULTS, ROOT, machine, markdown_table, recorded_args, seeds_main
+from bench.common import RESULTS, ROOT, add_set_argument, machine, markdown_table, recorded_args, seeds_main
 from rlhfv_nb.files import read_json, write_json, write_text
 
 COLUMNS = {  # metrics.json table column -> short name
@@ -223,11 +223,8 @@ def write_docs(readme: Path = ROOT / "README.md", doc: Path = ROOT / "docs" / "c
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any] | None:
-    def overrides(parser: argparse.ArgumentParser) -> None:
-        parser.add_argument("--set", action="append", default=[], help="override, e.g. ddpo.lr=1e-4")
-
     return seeds_main(argv, __doc__, ROOT / "params" / "cpu-tiny.yaml", "cpu_tiny_seeds", run_seeds, write_docs,
-                      overrides)
+                      add_set_argument)
 
 
 if __name__ == "__main__":

@@ -1,6 +1,8 @@
 """Iterative RLAIF-V against one-shot on cpu-tiny, per seed, with the same number of pairs.
 
     python -m bench.rlaifv_seeds --seeds 0 1 2 --threads 1
+    python -m bench.rlaifv_seeds --seeds 0 1 2 --threads 2 --set rlaifv.feedback.length_filter=true \
+        --out bench/results/rlaifv_seeds-length-filter-2threads.json     # a variant, with its own docs block
     python -m bench.rlaifv_seeds --write-docs      # docs/rlaifv.md's tables from the results files
 
 Per seed, both arms start from the SFT model (and data) of `bench.cpu_tiny_seeds`' run folder of that seed and
@@ -21,12 +23,13 @@ import statistics
 from pathlib import Path
 from typing import Any
 
-from bench.common import RESULTS, ROOT, machine, markdown_table, recorded_args, seeds_main
+from bench.common import RESULTS, ROOT, add_set_argument, machine, markdown_table, recorded_args, seeds_main
 from bench.cpu_tiny_seeds import replace_block, threads_label
 from rlhfv_nb.files import read_json, write_json, write_text
 
 ROUND_KEYS = ("round", "gamma", "prompts", "pairs", "trained_pairs", "labeler_accuracy", "wrongly_ordered",
-              "tied_in_truth", "true_score_mean", "CHAIRs", "CHAIRi", "recall", "avg_len", "selection", "seconds")
+              "tied_in_truth", "true_score_mean", "length_filter_ratio", "CHAIRs", "CHAIRi", "recall", "avg_len",
+              "selection", "seconds")
 SHOWN = ("CHAIRs", "CHAIRi", "recall", "avg_len")
 DOC = ROOT / "docs" / "rlaifv.md"
 
@@ -44,28 +47,31 @@ def copy_sft_run(source: Path, dest: Path) -> None:
             shutil.copytree(source / part, dest / part, ignore=shutil.ignore_patterns("logps"))
 
 
-def run_arm(params: Path, run_dir: Path, seed: int, loop: dict[str, Any]) -> list[dict[str, Any]]:
-    """The loop of `params`, `loop` over its `rlaifv` section; its round rows (round 0: the SFT model)."""
+def run_arm(params: Path, run_dir: Path, seed: int, overrides: dict[str, Any], loop: dict[str, Any]
+            ) -> list[dict[str, Any]]:
+    """The loop of `params` with `overrides`, `loop` over its `rlaifv` section; its round rows (round 0: the SFT
+    model)."""
     from rlhfv_nb.config import load_config
     from rlhfv_nb.rlaifv.loop import run_loop
 
-    cfg = load_config(params, seed=seed, run_dir=str(run_dir), **({"rlaifv": loop} if loop else {}))
+    merged = {**overrides, "rlaifv": {**overrides.get("rlaifv", {}), **loop}}
+    cfg = load_config(params, seed=seed, run_dir=str(run_dir), **merged)
     rows = run_loop(cfg, progress=False)["rounds"]
     return [{key: row.get(key) for key in ROUND_KEYS} for row in rows]
 
 
-def run_seed(params: Path, seed: int, threads: int) -> dict[str, list[dict[str, Any]]]:
+def run_seed(params: Path, seed: int, threads: int, overrides: dict[str, Any]) -> dict[str, list[dict[str, Any]]]:
     """Both arms of one seed: the iterative loop, then one-shot with its prompts and its pair count."""
     from rlhfv_nb.config import load_config
 
-    preset = load_config(params).rlaifv
+    preset = load_config(params, **overrides).rlaifv
     source = ROOT / "runs" / "seeds" / f"cpu-tiny-seed{seed}-{threads}t"
     folder = ROOT / "runs" / "rlaifv-seeds" / f"seed{seed}-{threads}t"
     for arm in ("iterative", "oneshot"):
         copy_sft_run(source, folder / arm)
-    iterative = run_arm(params, folder / "iterative", seed, {})
+    iterative = run_arm(params, folder / "iterative", seed, overrides, {})
     pairs = sum(row["pairs"] for row in iterative[1:])
-    oneshot = run_arm(params, folder / "oneshot", seed, {
+    oneshot = run_arm(params, folder / "oneshot", seed, overrides, {
         "rounds": 1, "prompts_per_round": preset.rounds * preset.prompts_per_round, "pairs_per_round": pairs})
     return {"iterative": iterative, "oneshot": oneshot}
 
@@ -90,14 +96,17 @@ def run_seeds(args: argparse.Namespace) -> dict[str, Any]:
     import torch
 
     torch.set_num_threads(args.threads)
+    from rlhfv_nb.launch import parse_overrides
+
+    overrides = parse_overrides(args.set)
     per_seed = {}
     for seed in args.seeds:
-        per_seed[seed] = run_seed(args.params, seed, args.threads)
+        per_seed[seed] = run_seed(args.params, seed, args.threads, overrides)
         print(seed_table(seed, per_seed[seed]), "\n", flush=True)
     from rlhfv_nb.config import load_config
 
     result = {"args": recorded_args(args), "threads": args.threads, "per_seed": per_seed,
-              "mean": summary(per_seed), "select_by": load_config(args.params).rlaifv.select_by,
+              "mean": summary(per_seed), "select_by": load_config(args.params, **overrides).rlaifv.select_by,
               "machine": machine()}
     write_json(args.out or results_path(args.threads), result)
     print(mean_table(result))
@@ -166,20 +175,21 @@ def docs_block(result: dict[str, Any]) -> str:
 
 
 def write_docs(doc: Path = DOC) -> None:
-    text = doc.read_text()
-    written = 0
-    for threads in (1, 2):
-        if results_path(threads).exists():
-            text = replace_block(text, f"rlaifv-seeds-{threads_label(threads)}",
-                                 docs_block(read_json(results_path(threads))), str(doc))
-            written += 1
-    if not written:
+    """Every results file's block in docs/rlaifv.md: `rlaifv_seeds-<variant>.json` -> `<!-- rlaifv-seeds-<variant> -->`
+    (e.g. `2threads`, or `length-filter-2threads` for a run with `--set ... --out` to that name)."""
+    paths = sorted(RESULTS.glob("rlaifv_seeds-*.json"))
+    if not paths:
         raise FileNotFoundError(f"no results in {RESULTS}: run the seeds first")
+    text = doc.read_text()
+    for path in paths:
+        block = "rlaifv-seeds-" + path.stem.removeprefix("rlaifv_seeds-")
+        text = replace_block(text, block, docs_block(read_json(path)), str(doc))
     write_text(doc, text)
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any] | None:
-    return seeds_main(argv, __doc__, ROOT / "params" / "cpu-tiny-rlaifv.yaml", "rlaifv_seeds", run_seeds, write_docs)
+    return seeds_main(argv, __doc__, ROOT / "params" / "cpu-tiny-rlaifv.yaml", "rlaifv_seeds", run_seeds, write_docs,
+                      add_set_argument)
 
 
 if __name__ == "__main__":

@@ -54,6 +54,9 @@ class RlaifvFeedbackConfig:
     pair_rule: str = "all_ordered"
     min_gap: int = 1
     max_pairs_per_prompt: int | None = 2
+    # Upstream's length filter on a round's pairs (`pairs.length_balanced`): drop the pairs whose chosen answer is
+    # much shorter than the rejected one, so the kept pairs do not favour shorter answers. Off by default here.
+    length_filter: bool = False
 
     def __post_init__(self) -> None:
         self.validate()

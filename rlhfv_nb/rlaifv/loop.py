@@ -54,7 +54,7 @@ from rlhfv_nb.rlaifv.build import build_claims, build_labeler
 from rlhfv_nb.rlaifv.claims import WorldClaims
 from rlhfv_nb.rlaifv.config import RlaifvFeedbackConfig
 from rlhfv_nb.rlaifv.labeler import Labeler
-from rlhfv_nb.rlaifv.pairs import Prompt, keep_pairs, pair_records, select_pairs
+from rlhfv_nb.rlaifv.pairs import Prompt, keep_pairs, length_balanced, pair_records, select_pairs
 from rlhfv_nb.rlaifv.scoring import score_answers
 from rlhfv_nb.rlaifv.world_labeler import LabelerTraining, scene_images, train_or_load
 from rlhfv_nb.world import Scene
@@ -200,6 +200,9 @@ def run_round(cfg: Config, number: int, policy: str, previous: str | None, progr
     scored = score_answers([i["image"] for i in items], candidates, claims, round_labeler(cfg, feedback, policy),
                            feedback.reject_below)
     pairs = [select_pairs([answer.score for answer in answers], feedback.pairs) for answers in scored]
+    length_ratio = None
+    if feedback.length_filter:
+        pairs, length_ratio = length_balanced(pairs, candidates)
     if cfg.rlaifv.pairs_per_round:
         pairs = keep_pairs(pairs, cfg.rlaifv.pairs_per_round, cfg.seed + ROUND_SEED + number)
     write_json(folder.scores, [[answer.to_dict() for answer in answers] for answers in scored])
@@ -212,6 +215,7 @@ def run_round(cfg: Config, number: int, policy: str, previous: str | None, progr
     truth = audit_feedback(scenes, scored, pairs, claims) if isinstance(claims, WorldClaims) else {}
     summary = {"round": number, "hash": key, "policy": portable(policy, cfg.run_path), "gamma": gamma,
                "prompts": len(items), "candidates": feedback.candidates, "pairs": sum(map(len, pairs)),
+               "length_filter_ratio": length_ratio,
                "pairs_left_out": left_out, "trained_pairs": trained, **truth, **chair, "selection": selection,
                "seconds": round(time.time() - started, 1)}
     write_json(folder.manifest, summary)

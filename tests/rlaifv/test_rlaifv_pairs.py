@@ -9,7 +9,15 @@ import pyarrow.parquet as pq
 import pytest
 
 from rlhfv_nb.data import encode_image, load_raw, normalise_preferences, write_parquet
-from rlhfv_nb.rlaifv.pairs import RLAIFV_COLUMNS, PairRule, Prompt, keep_pairs, pair_records, select_pairs
+from rlhfv_nb.rlaifv.pairs import (
+    RLAIFV_COLUMNS,
+    PairRule,
+    Prompt,
+    keep_pairs,
+    length_balanced,
+    pair_records,
+    select_pairs,
+)
 from rlhfv_nb.world import WorldConfig, make_fresh_scenes, render
 
 SCORES = [0, -2, -1, 0, -2]
@@ -51,6 +59,19 @@ def test_keep_pairs_draws_the_total_and_keeps_each_prompts_order() -> None:
     draws = [keep_pairs(pairs, 6, seed) for seed in range(200)]  # every pair is drawn, about half of the time
     share = [sum(pair in draw[0] for draw in draws) / 200 for pair in ALL_ORDERED]
     assert all(0.3 < s < 0.7 for s in share), share
+
+
+def test_length_filter_balances_chosen_and_rejected_lengths() -> None:
+    """Hand-computed: the pairs shorten by 0.8, 1/6 and 1/3 of the rejected answer's words. Keeping those up to
+    r = 0.18 leaves (10 vs 12 words, gap 1/6); up to 0.34 adds the third (7 vs 9, gap 2/9); up to 0.8 all (16/3 vs
+    28/3, gap 3/7). Below 1/6 nothing is kept. The smallest gap wins, at its first r."""
+    candidates = [["a b c d e f g h i j", "a b", "a b c d e f g h i j k l"], ["x y z w", "x y z w v u"]]
+    kept, ratio = length_balanced([[(1, 0), (0, 2)], [(0, 1)]], candidates)
+    assert kept == [[(0, 2)], []] and ratio == pytest.approx(0.18)
+    # a chosen answer as long as or longer than the rejected one is always kept (the first r, 0, balances best)
+    longer = [["a b c d", "a b", "a b c d"]]
+    assert length_balanced([[(0, 1), (2, 0)]], longer) == ([[(0, 1), (2, 0)]], 0.0)
+    assert length_balanced([[], []], candidates) == ([[], []], None)  # no pairs, nothing to balance
 
 
 @pytest.mark.parametrize(("kwargs", "message"), [
