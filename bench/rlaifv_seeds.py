@@ -21,11 +21,14 @@ import os
 import shutil
 import statistics
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from bench.common import RESULTS, ROOT, add_set_argument, machine, markdown_table, recorded_args, seeds_main
 from bench.cpu_tiny_seeds import replace_block, threads_label
 from rlhfv_nb.files import read_json, write_json, write_text
+
+if TYPE_CHECKING:
+    from rlhfv_nb.config import RlaifvConfig
 
 ROUND_KEYS = ("round", "gamma", "prompts", "pairs", "trained_pairs", "labeler_accuracy", "wrongly_ordered",
               "tied_in_truth", "true_score_mean", "length_filter_ratio", "CHAIRs", "CHAIRi", "recall", "avg_len",
@@ -60,11 +63,10 @@ def run_arm(params: Path, run_dir: Path, seed: int, overrides: dict[str, Any], l
     return [{key: row.get(key) for key in ROUND_KEYS} for row in rows]
 
 
-def run_seed(params: Path, seed: int, threads: int, overrides: dict[str, Any]) -> dict[str, list[dict[str, Any]]]:
-    """Both arms of one seed: the iterative loop, then one-shot with its prompts and its pair count."""
-    from rlhfv_nb.config import load_config
-
-    preset = load_config(params, **overrides).rlaifv
+def run_seed(params: Path, seed: int, threads: int, overrides: dict[str, Any], preset: RlaifvConfig
+             ) -> dict[str, list[dict[str, Any]]]:
+    """Both arms of one seed: the iterative loop, then one-shot with its prompts (`preset`'s rounds x prompts per
+    round) and its pair count."""
     source = ROOT / "runs" / "seeds" / f"cpu-tiny-seed{seed}-{threads}t"
     folder = ROOT / "runs" / "rlaifv-seeds" / f"seed{seed}-{threads}t"
     for arm in ("iterative", "oneshot"):
@@ -96,18 +98,17 @@ def run_seeds(args: argparse.Namespace) -> dict[str, Any]:
     import torch
 
     torch.set_num_threads(args.threads)
+    from rlhfv_nb.config import load_config
     from rlhfv_nb.launch import parse_overrides
 
     overrides = parse_overrides(args.set)
+    preset = load_config(args.params, **overrides).rlaifv
     per_seed = {}
     for seed in args.seeds:
-        per_seed[seed] = run_seed(args.params, seed, args.threads, overrides)
+        per_seed[seed] = run_seed(args.params, seed, args.threads, overrides, preset)
         print(seed_table(seed, per_seed[seed]), "\n", flush=True)
-    from rlhfv_nb.config import load_config
-
     result = {"args": recorded_args(args), "threads": args.threads, "per_seed": per_seed,
-              "mean": summary(per_seed), "select_by": load_config(args.params, **overrides).rlaifv.select_by,
-              "machine": machine()}
+              "mean": summary(per_seed), "select_by": preset.select_by, "machine": machine()}
     write_json(args.out or results_path(args.threads), result)
     print(mean_table(result))
     print(gamma_summary(per_seed, result["select_by"]))

@@ -63,12 +63,6 @@ def keep_pairs(pairs: Sequence[Sequence[tuple[int, int]]], total: int, seed: int
             for prompt, chosen in enumerate(pairs)]
 
 
-def _shortening(chosen: str, rejected: str) -> float:
-    """How much shorter the chosen answer is, as a share of the rejected one's words (negative: longer)."""
-    rejected_words = len(rejected.split())
-    return (rejected_words - len(chosen.split())) / rejected_words if rejected_words else 0.0
-
-
 def length_balanced(pairs: Sequence[Sequence[tuple[int, int]]], candidates: Sequence[Sequence[str]]
                     ) -> tuple[list[list[tuple[int, int]]], float | None]:
     """Upstream's length filter (`utils/get_pairs_filter_shorten.py`): a score that counts rejected claims never
@@ -76,24 +70,26 @@ def length_balanced(pairs: Sequence[Sequence[tuple[int, int]]], candidates: Sequ
     shorter than the rejected one by more than a share r of its words are dropped, with r (0, 0.02, ..., 0.98) the
     first that brings the kept pairs' mean chosen and rejected word counts closest together. Returns the kept
     pairs (each prompt's in their order) and r (None without pairs)."""
-    flat = [(prompt, pair, _shortening(candidates[prompt][pair[0]], candidates[prompt][pair[1]]))
-            for prompt, chosen in enumerate(pairs) for pair in chosen]
+    # (prompt, pair, chosen words, rejected words, shortening: the share of the rejected words the chosen lacks)
+    flat = []
+    for prompt, chosen_rejected in enumerate(pairs):
+        for pair in chosen_rejected:
+            chosen, rejected = (len(candidates[prompt][i].split()) for i in pair)
+            flat.append((prompt, pair, chosen, rejected, (rejected - chosen) / rejected if rejected else 0.0))
     best: tuple[float, float] | None = None
     for step in range(50):
         ratio = step / 50
-        kept = [(prompt, pair) for prompt, pair, shortening in flat if shortening <= ratio]
+        kept = [(chosen, rejected) for *_, chosen, rejected, shortening in flat if shortening <= ratio]
         if not kept:
             continue
-        chosen_words = sum(len(candidates[p][c].split()) for p, (c, _) in kept) / len(kept)
-        rejected_words = sum(len(candidates[p][r].split()) for p, (_, r) in kept) / len(kept)
+        chosen_words, rejected_words = (sum(words) / len(kept) for words in zip(*kept))
         gap = abs(chosen_words - rejected_words) / rejected_words if rejected_words else 0.0
         if best is None or gap < best[0]:
             best = (gap, ratio)
     if best is None:
         return [list(chosen) for chosen in pairs], None
-    ratio = best[1]
-    return [[pair for pair in chosen if _shortening(candidates[prompt][pair[0]], candidates[prompt][pair[1]]) <= ratio]
-            for prompt, chosen in enumerate(pairs)], ratio
+    kept_pairs = {(prompt, pair) for prompt, pair, *_, shortening in flat if shortening <= best[1]}
+    return [[pair for pair in chosen if (prompt, pair) in kept_pairs] for prompt, chosen in enumerate(pairs)], best[1]
 
 
 @dataclass(frozen=True)
