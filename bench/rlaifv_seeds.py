@@ -30,9 +30,9 @@ from rlhfv_nb.files import read_json, write_json, write_text
 if TYPE_CHECKING:
     from rlhfv_nb.config import RlaifvConfig
 
-ROUND_KEYS = ("round", "gamma", "prompts", "pairs", "trained_pairs", "labeler_accuracy", "wrongly_ordered",
+ROUND_KEYS = ("round", "gamma", "epoch", "prompts", "pairs", "trained_pairs", "labeler_accuracy", "wrongly_ordered",
               "tied_in_truth", "true_score_mean", "length_filter_ratio", "CHAIRs", "CHAIRi", "recall", "avg_len",
-              "selection", "seconds")
+              "select", "selection", "seconds")
 SHOWN = ("CHAIRs", "CHAIRi", "recall", "avg_len")
 DOC = ROOT / "docs" / "rlaifv.md"
 
@@ -111,7 +111,7 @@ def run_seeds(args: argparse.Namespace) -> dict[str, Any]:
               "mean": summary(per_seed), "select_by": preset.select_by, "machine": machine()}
     write_json(args.out or results_path(args.threads), result)
     print(mean_table(result))
-    print(gamma_summary(per_seed, result["select_by"]))
+    print(gamma_summary(per_seed, selection_metric(result)))
     return result
 
 
@@ -121,13 +121,20 @@ def _cell(value: Any, digits: int = 3) -> str:
     return f"{value:.{digits}f}" if isinstance(value, float) else str(value)
 
 
+def picked(row: dict[str, Any]) -> str:
+    """The round's model: "γ5", or "γ5 e1" for gamma 5's model after epoch 1."""
+    if row.get("gamma") is None:
+        return ""
+    return f"γ{row['gamma']:g}" + ("" if row.get("epoch") is None else f" e{row['epoch']}")
+
+
 def seed_table(seed: int | str, arms: dict[str, list[dict[str, Any]]]) -> str:
     """Every round of both arms of one seed."""
-    header = ["seed", "arm", "round", "picked gamma", "pairs", "labeler accuracy", "wrongly ordered", *SHOWN]
+    header = ["seed", "arm", "round", "picked", "pairs", "labeler accuracy", "wrongly ordered", *SHOWN]
     rows = []
     for arm, arm_rows in arms.items():
         for row in arm_rows if arm == "iterative" else arm_rows[1:]:
-            rows.append([seed, arm, row["round"], _cell(row["gamma"], 0), _cell(row["pairs"]),
+            rows.append([seed, arm, row["round"], picked(row), _cell(row["pairs"]),
                          _cell(row["labeler_accuracy"]), _cell(row["wrongly_ordered"]),
                          *(_cell(row[key], 1 if key == "avg_len" else 3) for key in SHOWN)])
     return markdown_table(header, rows)
@@ -140,28 +147,43 @@ def mean_table(result: dict[str, Any]) -> str:
     return markdown_table(header, rows)
 
 
-def gamma_rounds(per_seed: dict[Any, dict[str, list[dict[str, Any]]]]) -> list[tuple[Any, str, int, float, float]]:
-    """(seed, arm, round, selection metric of gamma 5, of gamma 1) for every round that measured both: the two
-    models trained on the same pairs from the same policy, on the loop's selection images."""
+def selection_metric(result: dict[str, Any]) -> str:
+    """The metric the rounds were picked by (the first of `select_by`; results files before `select_by` named
+    metrics recorded the world CHAIR's key alone)."""
+    select_by = result.get("select_by", "CHAIRi")
+    return select_by if isinstance(select_by, str) else select_by[0]
+
+
+def _selected(selection: dict[str, Any], model: str, metric: str) -> float | None:
+    value = selection.get(model)
+    return value.get(metric) if isinstance(value, dict) else value  # older results files: the value itself
+
+
+def gamma_rounds(per_seed: dict[Any, dict[str, list[dict[str, Any]]]], metric: str
+                 ) -> list[tuple[Any, str, int, float, float]]:
+    """(seed, arm, round, selection metric of gamma 5's final model, of gamma 1's) for every round that measured
+    both: the two models trained on the same pairs from the same policy, on the loop's selection images."""
     found = []
     for seed, arms in per_seed.items():
         for arm, rows in arms.items():
             for row in rows[1:]:
                 selection = row.get("selection") or {}
-                if selection.get("gamma=5") is not None and selection.get("gamma=1") is not None:
-                    found.append((seed, arm, row["round"], selection["gamma=5"], selection["gamma=1"]))
+                dense, plain = _selected(selection, "gamma=5", metric), _selected(selection, "gamma=1", metric)
+                if dense is not None and plain is not None:
+                    found.append((seed, arm, row["round"], dense, plain))
     return found
 
 
 def gamma_summary(per_seed: dict[Any, dict[str, list[dict[str, Any]]]], metric: str) -> str:
     """One sentence: in how many rounds DDPO (gamma 5) beat plain DPO (gamma 1) on the selection images."""
-    rounds = gamma_rounds(per_seed)
+    rounds = gamma_rounds(per_seed, metric)
     if not rounds:
         return "No round trained both gamma 5 and gamma 1."
     lower = sum(dense < plain for *_, dense, plain in rounds)
     mean = statistics.fmean(dense - plain for *_, dense, plain in rounds)
-    return (f"Gamma 5 against gamma 1, trained on the same pairs from the same policy: the lower {metric} on the "
-            f"selection images in {lower} of {len(rounds)} rounds; mean difference (gamma 5 - gamma 1) {mean:+.4f}.")
+    return (f"Gamma 5 against gamma 1 (final models), trained on the same pairs from the same policy: the lower "
+            f"{metric} on the selection images in {lower} of {len(rounds)} rounds; mean difference (gamma 5 - "
+            f"gamma 1) {mean:+.4f}.")
 
 
 def docs_block(result: dict[str, Any]) -> str:
@@ -169,7 +191,7 @@ def docs_block(result: dict[str, Any]) -> str:
     seeds = ", ".join(str(seed) for seed in result["per_seed"])
     lines = [mean_table(result), "", f"Per seed ({seeds}):", ""]
     lines += [seed_table(seed, arms) + "\n" for seed, arms in result["per_seed"].items()]
-    lines += [gamma_summary(result["per_seed"], result.get("select_by", "CHAIRi")), ""]
+    lines += [gamma_summary(result["per_seed"], selection_metric(result)), ""]
     lines.append(f"Machine: {result['machine']['cpus']} CPUs, torch {result['machine']['torch']}, "
                  f"{result['threads']} torch thread(s) per process.")
     return "\n".join(lines)

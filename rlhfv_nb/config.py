@@ -133,6 +133,7 @@ class TrainConfig:
     max_grad_norm: float = 1.0
     logging_steps: int = 10
     save_steps: int = 0  # 0: save only at the end
+    save_epochs: bool = False  # also keep the model after each epoch but the last (`<out>/epochs/epoch-E`)
     bf16: bool = True  # bf16 autocast over the loaded weights (upstream trains in bf16)
     tf32: bool = False  # needs an Ampere or newer GPU
     num_workers: int = 0
@@ -266,23 +267,31 @@ class TrackingConfig:
 @dataclass
 class RlaifvConfig:
     """RLAIF-V's iterative alignment (notebook 06, `rlhfv_nb.rlaifv.loop`): `rounds` rounds, each sampling
-    candidates from the newest policy on `prompts_per_round` fresh world images (`evaluation.batch_size` at a
-    time), scoring them with AI feedback (`feedback`: `rlhfv_nb.rlaifv.config.RlaifvFeedbackConfig` overrides;
-    labeler "world" is the miniature's trained cell classifier) and training `ddpo` on the round's pairs.
-    `rounds: 0` (the default) turns it off.
+    candidates from the newest policy on `prompts_per_round` prompts (`evaluation.batch_size` at a time), scoring
+    them with AI feedback (`feedback`: `rlhfv_nb.rlaifv.config.RlaifvFeedbackConfig` overrides; labeler "world" is
+    the miniature's trained cell classifier) and training `ddpo` on the round's pairs. `rounds: 0` (the default)
+    turns it off.
 
-    Each round's model is picked among the round's gammas (`ddpo.gamma` and `ddpo.ablation_gammas`) by
-    `select_by` on `select_images` fresh world images of their own (0: always `ddpo.gamma`'s model).
+    Each round's model is picked among the round's gammas (`ddpo.gamma` and `ddpo.ablation_gammas`), and with
+    `select_checkpoints: epochs` their models after each earlier epoch too, by `select_by`
+    (`rlhfv_nb.rlaifv.select`; empty: always `ddpo.gamma`'s final model).
     """
 
     rounds: int = 0  # 0: off, notebook 06 does not run; RLAIF-V runs 4
-    prompts_per_round: int = 200  # fresh world images per round, one description prompt each
+    # "world" (fresh world images, the miniature) or a hub id / local file with image + question columns, e.g.
+    # openbmb/RLAIF-V-Dataset (upstream's prompts) or a prompt file of one's own (`rlhfv_nb.rlaifv.prompts`)
+    prompts: str = "world"
+    prompts_split: str = "train"
+    prompts_per_round: int = 200  # prompts per round (a dataset's next ones: none comes back in a later round)
     pairs_per_round: int = 0  # at most this many of a round's pairs, drawn at random (0: all of them)
     feedback: dict[str, Any] = field(default_factory=dict)  # RlaifvFeedbackConfig overrides
     labeler_images: int = 200  # world labeler: fresh images of its own to train on
     labeler_steps: int = 150  # world labeler: training steps (batches of 64 cells)
-    select_by: str = "CHAIRi"  # CHAIRi | CHAIRs: the world CHAIR that picks a round's model (lower is better)
-    select_images: int = 0
+    # metrics "<benchmark>.<key>" that pick a round's model (mean rank), e.g. [object_halbench.CHAIRs,
+    # mmhal_bench.hallucination_rate] as RLAIF-V picks, or [world.CHAIRi] in the miniature
+    select_by: list[str] = field(default_factory=list)
+    select_images: int = 0  # world selection metrics: fresh world images of their own
+    select_checkpoints: str = "final"  # final | epochs: also each gamma's model after every earlier epoch
 
 
 @dataclass
@@ -406,7 +415,7 @@ def _validate(cfg: Config) -> Config:
         "evaluation.object_halbench_extraction": (cfg.evaluation.object_halbench_extraction,
                                                   {"auto", "llm", "words"}),
         "evaluation.pope_source": (cfg.evaluation.pope_source, {"official", "coco"}),
-        "rlaifv.select_by": (cfg.rlaifv.select_by, {"CHAIRi", "CHAIRs"}),
+        "rlaifv.select_checkpoints": (cfg.rlaifv.select_checkpoints, {"final", "epochs"}),
         "feedback.exists_questions": (cfg.feedback.exists_questions, {0, 1, 2}),
     }
     choices.update({f"feedback.right_answer_pairs[{i}]": (qtype, {"exists", "color", "count", "cell"})
@@ -437,7 +446,8 @@ def _validate(cfg: Config) -> Config:
     for key, value in {"data.sft_source": cfg.data.sft_source, "data.preferences": cfg.data.preferences,
                        "launch.accelerate_config": cfg.launch.accelerate_config,
                        "evaluation.coco_dir": cfg.evaluation.coco_dir,
-                       "evaluation.amber_images": cfg.evaluation.amber_images}.items():
+                       "evaluation.amber_images": cfg.evaluation.amber_images,
+                       "rlaifv.prompts": None if cfg.rlaifv.prompts == "world" else cfg.rlaifv.prompts}.items():
         path = split_dataset_name(value)[0] if key.startswith("data.") and value else value  # `info.json#name`
         if path and looks_like_local_path(path) and not (project_root() / Path(path).expanduser()).exists():
             raise ConfigError(f"{key}: file or folder {path!r} does not exist")
@@ -455,15 +465,24 @@ def _validate(cfg: Config) -> Config:
 
 
 def _check_rlaifv(rlaifv: RlaifvConfig) -> None:
-    """`ConfigError` for negative rounds, selection images or pair caps, or feedback settings
-    `RlaifvFeedbackConfig` refuses."""
+    """`ConfigError` for negative rounds, selection images or pair caps, a selection metric `rlaifv.select`
+    cannot read, world selection metrics without selection images, or feedback settings `RlaifvFeedbackConfig`
+    refuses."""
     for key in ("rounds", "select_images", "pairs_per_round"):
         if getattr(rlaifv, key) < 0:
             raise ConfigError(f"rlaifv.{key}: must be >= 0, got {getattr(rlaifv, key)!r}")
-    if not rlaifv.feedback:
-        return  # the defaults are valid
     from rlhfv_nb.rlaifv.config import RlaifvFeedbackConfig  # rlaifv.config -> generate -> config: imported here
+    from rlhfv_nb.rlaifv.select import WORLD, parse_metrics
 
+    try:
+        metrics = parse_metrics(rlaifv.select_by)
+    except ValueError as err:
+        raise ConfigError(f"rlaifv.select_by{err}") from err
+    if any(metric.benchmark == WORLD for metric in metrics) and not rlaifv.select_images:
+        raise ConfigError("rlaifv.select_by: world metrics are measured on rlaifv.select_images fresh world images; "
+                          "set it (e.g. 100)")
+    if rlaifv.select_checkpoints == "epochs" and not metrics:
+        raise ConfigError("rlaifv.select_checkpoints: epochs needs rlaifv.select_by metrics to pick among them")
     try:
         RlaifvFeedbackConfig(**rlaifv.feedback)
     except (TypeError, ValueError) as err:

@@ -20,6 +20,7 @@ import io
 import json
 import logging
 import os
+import random
 import warnings
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -43,6 +44,10 @@ PAIR_KEYS = ("question", "chosen", "rejected")
 PREFERENCE_SCHEMAS = {
     "RLHF-V-Dataset": (("image", "text"), "`image` + `text`, a JSON object with question/chosen/rejected"),
     "flat": (("image", *PAIR_KEYS), "`image`, `question`, `chosen`, `rejected` columns, as RLAIF-V-Dataset"),
+}
+PROMPT_SCHEMAS = {
+    "prompt": (("image", "question"), "`image`, `question` columns, as a prompt file or RLAIF-V-Dataset"),
+    "RLHF-V-Dataset": PREFERENCE_SCHEMAS["RLHF-V-Dataset"],
 }
 SFT_SCHEMAS = {
     "SFT": (("image", "question", "answer"), "`image`, `question`, `answer` columns"),
@@ -352,24 +357,33 @@ def _normalise(
     bad = BadRows(source)
     rows = []
     for index, row in enumerate(ds):
-        row_id = _row_id(row, index)
-        try:
-            if row.get(ROW_ERROR):
-                raise DataError(row[ROW_ERROR])
-            fields = parse(row)
-            data = image_bytes(row.get("image"))
-            decode_image(data, max_image_pixels)  # as training will decode it
-        except (DataError, OSError) as err:
-            if on_bad_row == "error":
-                raise DataError(f"{source}: row {index} (id {row_id}): {err}") from err
-            bad.add(_reason(err), row_id)
-            continue
-        rows.append({"uid": row_id, "image": data, **fields})
+        checked = _checked_row(row, index, source, parse, max_image_pixels, on_bad_row, bad)
+        if checked is not None:
+            rows.append(checked)
     if not rows:
         counts = "\n".join(bad._reason_lines(max_ids=5))
         raise DataError(f"{source}: no valid rows: all {len(ds)} rows are bad, by reason (count and ids):\n{counts}")
     bad.reused_ids = make_uids_unique(rows, source, content_keys)
     return rows, bad
+
+
+def _checked_row(row: dict[str, Any], index: int, source: str, parse: Callable[[dict[str, Any]], dict[str, Any]],
+                 max_image_pixels: int | None, on_bad_row: str, bad: BadRows) -> dict[str, Any] | None:
+    """`{"uid", "image", **parse(row)}` if the row is good (its image decodes, within `max_image_pixels`); a bad
+    row is counted in `bad` (None) or, with `on_bad_row="error"`, raises naming the source, row and field."""
+    row_id = _row_id(row, index)
+    try:
+        if row.get(ROW_ERROR):
+            raise DataError(row[ROW_ERROR])
+        fields = parse(row)
+        data = image_bytes(row.get("image"))
+        decode_image(data, max_image_pixels)  # as training will decode it
+    except (DataError, OSError) as err:
+        if on_bad_row == "error":
+            raise DataError(f"{source}: row {index} (id {row_id}): {err}") from err
+        bad.add(_reason(err), row_id)
+        return None
+    return {"uid": row_id, "image": data, **fields}
 
 
 def content_hash(row: dict[str, Any], keys: tuple[str, ...]) -> str:
@@ -463,6 +477,39 @@ def normalise_sft(ds: datasets.Dataset, source: str, on_bad_row: str = "skip",
     as `normalise_preferences`."""
     return _normalise(ds, source, on_bad_row, _sft_fields, SFT_SCHEMAS, "SFT", ("image", "question", "answer"),
                       max_image_pixels)
+
+
+def _prompt_fields(row: dict[str, Any]) -> dict[str, Any]:
+    if row.get("question") is None and row.get("text") is not None:  # RLHF-V-Dataset: the question in `text`
+        return _non_empty({"question": _row_text(row)["question"]})
+    return _non_empty({"question": row.get("question")})
+
+
+def distinct_prompts(ds: datasets.Dataset, source: str, count: int, seed: int, on_bad_row: str = "skip",
+                     max_image_pixels: int | None = DEFAULT_MAX_IMAGE_PIXELS) -> list[dict[str, Any]]:
+    """`count` distinct prompts (`uid`: a hash of image and question, `image`, `question`) from a dataset with
+    `image` and `question` columns (a prompt file, an SFT or a preference dataset, whose prompts repeat over their
+    pairs), taken in a random order seeded by `seed`: the first n of them are the same whatever `count` is.
+
+    Rows are checked as `normalise_preferences` checks them, only as many as needed. `DataError` names the source
+    when its columns hold no prompts or it has fewer than `count` distinct good ones."""
+    check_columns(ds.column_names, source, PROMPT_SCHEMAS, "prompt")
+    order = list(range(len(ds)))
+    random.Random(seed).shuffle(order)
+    bad, prompts = BadRows(source), {}
+    for index in order:
+        if len(prompts) == count:
+            break
+        row = _checked_row(ds[index], index, source, _prompt_fields, max_image_pixels, on_bad_row, bad)
+        if row is not None:
+            uid = content_hash(row, ("image", "question"))
+            prompts.setdefault(uid, {**row, "uid": uid})
+    if bad.count:
+        log.warning("%s", bad.summary())
+    if len(prompts) < count:
+        raise DataError(f"{source}: {len(prompts)} distinct prompts (image and question) in {len(ds)} rows "
+                        f"({bad.count} bad), {count} needed")
+    return list(prompts.values())
 
 
 # ---------------------------------------------------------------- writing

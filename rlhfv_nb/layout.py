@@ -42,6 +42,19 @@ class TrainingFolder:
     def final(self) -> Path:
         return self.root / "final"
 
+    @property
+    def epochs(self) -> Path:
+        """The models at the end of each epoch but the last (`train.save_epochs`), for checkpoint selection."""
+        return self.root / "epochs"
+
+    def epoch(self, number: int) -> Path:
+        return self.epochs / f"epoch-{number}"
+
+    def saved_epochs(self) -> list[int]:
+        """The epochs whose model is saved, in order (a model being written, `*.partial`, is not one)."""
+        return sorted(int(path.name.removeprefix("epoch-")) for path in self.epochs.glob("epoch-*")
+                      if path.is_dir() and path.name.removeprefix("epoch-").isdigit())
+
 
 @dataclass(frozen=True)
 class RunLayout:

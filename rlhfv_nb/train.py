@@ -6,12 +6,14 @@ chosen and rejected answers go through one concatenated forward pass.
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import math
+import shutil
 import time
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +26,7 @@ from transformers import (
     ProcessorMixin,
     Trainer,
     TrainerCallback,
+    TrainerControl,
     TrainerState,
     TrainingArguments,
     set_seed,
@@ -238,18 +241,48 @@ class ResumableTrainer(Trainer):
         del saved
 
 
-def _run(trainer: Trainer, output_dir: Path, processor: ProcessorMixin) -> Path:
-    """Train (resuming from the last checkpoint if any), then save model and processor to `output_dir/final`."""
+def save_trained(trainer: Trainer, processor: ProcessorMixin, folder: Path) -> Path:
+    """Save the trainer's model and `processor` to `folder`, whole or not at all: written to `<folder>.partial`,
+    then renamed (a kill while saving leaves no half-written model under the final name)."""
+    partial = folder.with_name(folder.name + ".partial")
+    if trainer.is_world_process_zero() and partial.exists():
+        shutil.rmtree(partial)
+    trainer.accelerator.wait_for_everyone()
+    trainer.save_model(str(partial))
+    if trainer.is_world_process_zero():
+        processor.save_pretrained(str(partial))
+        if folder.exists():
+            shutil.rmtree(folder)
+        partial.rename(folder)
+    trainer.accelerator.wait_for_everyone()
+    return folder
+
+
+class EpochSnapshots(TrainerCallback):
+    """Saves the model at the end of every epoch but the last (the final model) to `TrainingFolder.epoch(E)`,
+    for checkpoint selection (`TrainConfig.save_epochs`)."""
+
+    def __init__(self, save: Callable[[Path], Path], folder: TrainingFolder) -> None:
+        self.save, self.folder = save, folder
+
+    def on_epoch_end(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any
+                     ) -> None:
+        if state.global_step < state.max_steps:
+            self.save(self.folder.epoch(round(state.epoch)))
+
+
+def _run(trainer: Trainer, output_dir: Path, processor: ProcessorMixin, save_epochs: bool = False) -> Path:
+    """Train (resuming from the last checkpoint if any), then save model and processor to `output_dir/final`
+    (and after each earlier epoch to `output_dir/epochs/epoch-E` with `save_epochs`)."""
+    folder = TrainingFolder(Path(output_dir))
+    if save_epochs:
+        trainer.add_callback(EpochSnapshots(functools.partial(save_trained, trainer, processor), folder))
     checkpoints = Path(trainer.args.output_dir)
     last = get_last_checkpoint(str(checkpoints)) if checkpoints.is_dir() else None
     if last:
         log.info("resuming from %s", last)
     trainer.train(resume_from_checkpoint=last)
-    final = TrainingFolder(Path(output_dir)).final
-    trainer.save_model(str(final))
-    if trainer.is_world_process_zero():
-        processor.save_pretrained(str(final))
-    return final
+    return save_trained(trainer, processor, folder.final)
 
 
 def make_trainer(trainer_cls: type[Trainer], model: PreTrainedModel, rows: datasets.Dataset, collator: Any,
@@ -283,7 +316,7 @@ def train_sft(
     """Supervised fine-tuning on rows with `image`, `question`, `answer_ids`. Returns the saved model folder."""
     trainer = make_trainer(ResumableTrainer, model, rows, SFTCollator(processor), cfg, model_cfg, output_dir, seed,
                            label="sft", tracking=tracking)
-    return _run(trainer, output_dir, processor)
+    return _run(trainer, output_dir, processor, cfg.save_epochs)
 
 
 class DDPOTrainer(ResumableTrainer):
@@ -350,7 +383,7 @@ def train_ddpo(
 ) -> Path:
     """DDPO on pairs carrying ids, dense weights and reference log-probs. Returns the saved model folder."""
     trainer = ddpo_trainer(model, processor, pairs, cfg, model_cfg, output_dir, seed, tracking)
-    return _run(trainer, output_dir, processor)
+    return _run(trainer, output_dir, processor, cfg.save_epochs)
 
 
 def ddpo_trainer(

@@ -111,16 +111,23 @@ def test_rlaifv_seeds_summary_and_tables(tmp_path):
     assert mean["iterative"]["pairs"] == mean["one-shot"]["pairs"] == 135  # over all rounds: (180 + 90) / 2
     table = rs.seed_table(0, per_seed[0])
     assert table.count("| 0 | iterative |") == 3 and table.count("| 0 | oneshot |") == 1
-    assert "| 0 | oneshot | 1 | 5 | 180 | 0.900 | 0.050 | 0.300 | 0.150 | 0.900 | 20.0 |" in table
+    assert "| 0 | oneshot | 1 | γ5 | 180 | 0.900 | 0.050 | 0.300 | 0.150 | 0.900 | 20.0 |" in table
+    per_seed[0]["oneshot"][1]["epoch"] = 1  # gamma 5's model after its first epoch won the round
+    assert "| 0 | oneshot | 1 | γ5 e1 | 180 |" in rs.seed_table(0, per_seed[0])
     block = rs.docs_block({"per_seed": per_seed, "mean": mean, "threads": 1, "machine": {"cpus": 2, "torch": "x"}})
     assert block.startswith("| model (mean over seeds) |") and "Per seed (0, 1):" in block
     assert "No round trained both gamma 5 and gamma 1." in block
-    per_seed[0]["iterative"][1]["selection"] = {"gamma=5": 0.02, "gamma=1": 0.03}
-    per_seed[1]["oneshot"][1]["selection"] = {"gamma=5": 0.05, "gamma=1": 0.03}
-    per_seed[1]["iterative"][2]["selection"] = {"gamma=5": None, "gamma=1": 0.03}  # a model naming no object
-    assert rs.gamma_rounds(per_seed) == [(0, "iterative", 1, 0.02, 0.03), (1, "oneshot", 1, 0.05, 0.03)]
-    assert rs.gamma_summary(per_seed, "CHAIRi") == (
-        "Gamma 5 against gamma 1, trained on the same pairs from the same policy: the lower CHAIRi on the selection "
-        "images in 1 of 2 rounds; mean difference (gamma 5 - gamma 1) +0.0050.")
+    metric = rs.selection_metric({"select_by": ["world.CHAIRi", "world.CHAIRs"]})
+    assert metric == "world.CHAIRi" and rs.selection_metric({"select_by": "CHAIRi"}) == "CHAIRi"
+    per_seed[0]["iterative"][1]["selection"] = {"gamma=5": {metric: 0.02}, "gamma=1": {metric: 0.03},
+                                                "gamma=5 epoch=1": {metric: 0.0}}  # not a final model: not counted
+    per_seed[1]["oneshot"][1]["selection"] = {"gamma=5": {metric: 0.05}, "gamma=1": {metric: 0.03}}
+    per_seed[1]["iterative"][2]["selection"] = {"gamma=5": {metric: None}, "gamma=1": {metric: 0.03}}  # no object
+    assert rs.gamma_rounds(per_seed, metric) == [(0, "iterative", 1, 0.02, 0.03), (1, "oneshot", 1, 0.05, 0.03)]
+    assert rs.gamma_summary(per_seed, metric) == (
+        "Gamma 5 against gamma 1 (final models), trained on the same pairs from the same policy: the lower "
+        "world.CHAIRi on the selection images in 1 of 2 rounds; mean difference (gamma 5 - gamma 1) +0.0050.")
+    per_seed[1]["oneshot"][1]["selection"] = {"gamma=5": 0.05, "gamma=1": 0.03}  # a results file of before
+    assert rs.gamma_rounds(per_seed, metric)[1] == (1, "oneshot", 1, 0.05, 0.03)
     with pytest.raises(FileNotFoundError, match="seed9: no SFT model; run `python -m bench.cpu_tiny_seeds`"):
         rs.copy_sft_run(tmp_path / "seed9", tmp_path / "dest")

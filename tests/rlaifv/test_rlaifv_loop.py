@@ -88,8 +88,14 @@ def test_config_section_is_checked_and_turns_notebook_06_on() -> None:
         load_config(CPU_TINY, rlaifv={"pairs_per_round": -5})
     with pytest.raises(ConfigError, match="rlaifv.feedback: .*needs splitter 'world'"):
         load_config(CPU_TINY, rlaifv={"feedback": {"labeler": "world", "splitter": "llm", "splitter_model": "m"}})
-    with pytest.raises(ConfigError, match="rlaifv.select_by"):
-        load_config(CPU_TINY, rlaifv={"select_by": "POPE"})
+    with pytest.raises(ConfigError, match=r"rlaifv.select_by\[1\] 'POPE': unknown benchmark"):
+        load_config(CPU_TINY, rlaifv={"select_by": ["world.CHAIRi", "POPE"], "select_images": 5})
+    with pytest.raises(ConfigError, match="rlaifv.select_by: world metrics are measured on rlaifv.select_images"):
+        load_config(CPU_TINY, rlaifv={"select_by": ["world.CHAIRs"]})
+    with pytest.raises(ConfigError, match="select_checkpoints: epochs needs rlaifv.select_by"):
+        load_config(CPU_TINY, rlaifv={"select_checkpoints": "epochs"})
+    with pytest.raises(ConfigError, match="rlaifv.prompts: file or folder 'no/such/prompts.parquet' does not exist"):
+        load_config(CPU_TINY, rlaifv={"prompts": "no/such/prompts.parquet"})
     assert "06_rlaifv" not in [s.name for s in runner.stages(cfg=load_config(CPU_TINY))]
     preset = load_config(CPU_TINY.with_name("cpu-tiny-rlaifv.yaml"))
     assert preset.rlaifv.rounds >= 3 and "06_rlaifv" in [s.name for s in runner.stages(cfg=preset)]
@@ -105,6 +111,7 @@ REDUCED = {
     "evaluation": {"max_new_tokens": 24},
 }
 LOOP = {"prompts_per_round": 6, "labeler_images": 40, "labeler_steps": 30, "select_images": 3,
+        "select_by": ["world.CHAIRi"],
         "feedback": {"candidates": 3, "max_new_tokens": 24, "temperature": 1.0, "labeler": "world"}}
 
 
