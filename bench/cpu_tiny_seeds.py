@@ -200,11 +200,12 @@ def summary_sentence(results: dict[int, dict[str, Any]]) -> str:
 
 
 def replace_block(text: str, name: str, body: str, where: str) -> str:
-    """`text` with the lines between `<!-- name -->` and `<!-- /name -->` replaced by `body`."""
-    pattern = re.compile(rf"(<!-- {re.escape(name)} -->\n).*?(\n<!-- /{re.escape(name)} -->)", re.DOTALL)
+    """`text` with the lines between `<!-- name -->` and `<!-- /name -->` (none, in a new block) replaced by
+    `body`."""
+    pattern = re.compile(rf"(<!-- {re.escape(name)} -->\n)(?:.*?\n)?(<!-- /{re.escape(name)} -->)", re.DOTALL)
     if not pattern.search(text):
         raise ValueError(f"{where}: no block <!-- {name} --> ... <!-- /{name} --> to write")
-    return pattern.sub(lambda m: m[1] + body + m[2], text)
+    return pattern.sub(lambda m: m[1] + body + "\n" + m[2], text)
 
 
 def write_docs(readme: Path = ROOT / "README.md", doc: Path = ROOT / "docs" / "cpu-tiny.md") -> None:

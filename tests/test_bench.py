@@ -84,6 +84,8 @@ def test_cpu_tiny_seeds_summary(tmp_path):
     written = seeds.replace_block(doc, "seeds-2threads", block, "doc.md")
     assert written.startswith("intro\n<!-- seeds-2threads -->\n| seed |") and written.endswith("-->\nafter\n")
     assert "old table" not in written
+    assert seeds.replace_block("<!-- new -->\n<!-- /new -->\n", "new", "rows", "doc.md") == \
+        "<!-- new -->\nrows\n<!-- /new -->\n"  # a block not written yet
     with pytest.raises(ValueError, match="doc.md: no block <!-- seeds-1thread -->"):
         seeds.replace_block(doc, "seeds-1thread", block, "doc.md")
     sentence = seeds.summary_sentence({2: result})

@@ -50,11 +50,15 @@ UPSTREAM = {
     "readme-2024": {"gamma": 1.1, "beta": 0.1, "use_average": False, "global_batch": 8, "lr": 5e-7,
                     "warmup_ratio": 0.03, "sft_weight": 0.0, "weight_decay": 0.0, "scheduler": "cosine", "bf16": True,
                     "max_length": 2048},
+    # RLAIF-V's DPO per iteration (github.com/RLHF-V/RLAIF-V, script/train/RLAIF-V-7B_train.sh: 8 GPUs x batch 1)
+    "rlaifv-7b": {"gamma": 1.0, "beta": 0.1, "use_average": False, "global_batch": 8, "lr": 5e-7, "warmup_ratio": 0.05,
+                  "sft_weight": 0.0, "weight_decay": 0.01, "scheduler": "cosine", "bf16": True, "max_length": 2048},
 }
 # preset -> (recipe, the values it deliberately changes, each with its reason in the preset's comments)
 PRESET_RECIPES = {
     "full-8xa100": ("readme-2024", {}),
     "qlora-1gpu": ("readme-2024", {"lr": 1e-5}),  # a LoRA update starts at zero: 20x the full-FT lr
+    "qlora-1gpu-rlaifv": ("rlaifv-7b", {"lr": 1e-5}),  # the same LoRA lr as qlora-1gpu
 }
 
 
@@ -66,7 +70,8 @@ def _recipe_values(cfg) -> dict:
             "max_length": cfg.data.max_length}
 
 
-@pytest.mark.parametrize("preset", [*PRESET_RECIPES, *(p.stem for p in PRESETS if p.stem.startswith("qlora-1gpu-"))])
+@pytest.mark.parametrize("preset", dict.fromkeys([*PRESET_RECIPES,
+                                                 *(p.stem for p in PRESETS if p.stem.startswith("qlora-1gpu-"))]))
 def test_real_presets_resolve_to_the_upstream_recipe_they_name(preset):
     recipe, changed = PRESET_RECIPES.get(preset, PRESET_RECIPES["qlora-1gpu"])  # family presets extend qlora-1gpu
     own = yaml.safe_load(Path(f"params/{preset}.yaml").read_text())

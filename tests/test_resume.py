@@ -1,4 +1,5 @@
-"""A killed and resumed training run ends with exactly the weights and the log of an uninterrupted one."""
+"""A killed and resumed training run ends with exactly the weights, the log and the per-epoch models of an
+uninterrupted one."""
 
 from __future__ import annotations
 
@@ -38,15 +39,21 @@ def _weights(folder):
 def test_killed_ddpo_resumes_to_the_uninterrupted_weights_and_log(tmp_path, lora, monkeypatch):
     params = make_run(tmp_path / "run", pairs=16)
     # 2 epochs of 4 steps: the resume crosses an epoch boundary; checkpoints every 3 steps, killed at step 5
-    params["ddpo"].update(max_steps=-1, epochs=2.0, batch_size=4, save_steps=3, ablation_gammas=[])
+    # the model after epoch 1 is kept too (`save_epochs`, for the RLAIF-V loop's checkpoint selection)
+    params["ddpo"].update(max_steps=-1, epochs=2.0, batch_size=4, save_steps=3, ablation_gammas=[], save_epochs=True)
     params["model"]["lora"] = {"enabled": lora, "dropout": 0.1}  # dropout: the RNG state must be restored too
     cfg = load_config(CPU_TINY, **params)
     rows, _, cache = prepared_pairs(cfg, load_processor(cfg.run_path / "base", cfg.model))
     compute_reference(cfg, rows, cache=cache)
     folder = cfg.layout.ddpo(cfg.ddpo.gamma).root
 
+    training = cfg.layout.ddpo(cfg.ddpo.gamma)
     uninterrupted = _weights(run_ddpo(cfg, rows, cache, cfg.ddpo.gamma))
     expected_log = read_log(folder / "log.jsonl")
+    assert training.saved_epochs() == [1] and not list(folder.rglob("*.partial"))
+    after_epoch1 = _weights(training.epoch(1))
+    assert sorted(p.name for p in training.epoch(1).iterdir()) == sorted(p.name for p in training.final.iterdir())
+    assert max((uninterrupted[k] - after_epoch1[k]).abs().max().item() for k in after_epoch1) > 0
     shutil.rmtree(folder)
 
     import rlhfv_nb.train as train
@@ -70,3 +77,6 @@ def test_killed_ddpo_resumes_to_the_uninterrupted_weights_and_log(tmp_path, lora
     strip = lambda records: [{k: v for k, v in r.items() if "runtime" not in k and "per_second" not in k}  # noqa: E731
                              for r in records if "loss" in r]
     assert strip(log) == strip(expected_log)
+    assert training.saved_epochs() == [1]
+    resumed_epoch1 = _weights(training.epoch(1))
+    assert max((after_epoch1[k] - resumed_epoch1[k]).abs().max().item() for k in after_epoch1) == 0.0

@@ -4,11 +4,11 @@ Round K (`<run>/rlaifv/round-K/`, a `RoundFolder`) starts from the newest policy
 round K-1's picked model), samples `feedback.candidates` answers on the round's `rlaifv.prompts_per_round` prompts
 (`rlhfv_nb.rlaifv.prompts`: fresh world images, or a dataset's next prompts), scores them with the AI feedback
 (`rlhfv_nb.rlaifv.scoring`), pairs them (`pairs`) in the RLAIF-V-Dataset schema, and trains DDPO/DPO on them with
-the round's starting policy as reference, through the pipeline's own stage functions (`tokenise_pairs`,
-`compute_reference`, `run_ddpo`) on the round folder seen as a run folder. The round's model is picked among its
-gammas' final models (and, with `rlaifv.select_checkpoints: epochs`, their models after each earlier epoch) by
-`rlaifv.select_by` (`rlhfv_nb.rlaifv.select`, measured by `measure`), and on a cpu-tiny run evaluated by world
-CHAIR on the run's held-out images.
+the round's starting policy as reference, as stage 03 trains (`launch.ddpo_inputs`, `launch.launch_stage`: in
+this process, or under `accelerate launch` as `launch` asks), on the round folder seen as a run folder. The
+round's model is picked among its gammas' final models (and, with `rlaifv.select_checkpoints: epochs`, their
+models after each earlier epoch) by `rlaifv.select_by` (`rlhfv_nb.rlaifv.select`, measured by `measure`), and on a
+cpu-tiny run evaluated by world CHAIR on the run's held-out images.
 
 A finished round writes its manifest (`round.json`), keyed by the config values the loop depends on, the run's
 data and SFT manifests and the previous round's hash: a re-run skips it while those are unchanged, and a round
@@ -36,18 +36,10 @@ from rlhfv_nb.data import DataError, load_raw, normalise_preferences, write_parq
 from rlhfv_nb.evaluate.suite import Sources, model_slug
 from rlhfv_nb.files import read_json, write_json
 from rlhfv_nb.generate import HFBackend
+from rlhfv_nb.launch import ddpo_inputs, launch_stage
 from rlhfv_nb.layout import RoundFolder
 from rlhfv_nb.manifests import current_inputs, digest, stage_values
-from rlhfv_nb.modeling import load_processor
-from rlhfv_nb.pipeline import (
-    compute_reference,
-    ddpo_gammas,
-    run_ddpo,
-    sft_model_path,
-    tokenise_pairs,
-    update_metrics,
-    world_config,
-)
+from rlhfv_nb.pipeline import ddpo_gammas, sft_model_path, update_metrics, world_config
 from rlhfv_nb.portable import portable
 from rlhfv_nb.rlaifv.audit import audit_feedback
 from rlhfv_nb.rlaifv.build import build_claims, build_labeler
@@ -139,16 +131,15 @@ def candidate_path(folder: RoundFolder, candidate: Candidate) -> Path:
 
 
 def _train(cfg: Config, folder: RoundFolder, policy: str) -> tuple[dict[Candidate, str], int]:
-    """DDPO (every gamma of the run) on the round's pairs from `policy`; the models it can hand on, in order of
-    preference (the configured gamma first; each gamma's final model, then its later epochs first), and how many
-    pairs trained."""
+    """DDPO (every gamma of the run) on the round's pairs from `policy`, each trained as stage 03 trains
+    (`launch.launch_stage`: in this process, or `accelerate launch` processes as `launch` asks); the models it can
+    hand on, in order of preference (the configured gamma first; each gamma's final model, then its later epochs
+    first), and how many pairs trained."""
     rcfg = round_config(cfg, folder, policy)
-    processor = load_processor(policy, cfg.model)
-    rows, _ = tokenise_pairs(rcfg, processor)
-    cache = compute_reference(rcfg, rows, processor)
+    rows, _ = ddpo_inputs(rcfg, compute_missing=True)  # the reference log-probs, once, before any launch
     models: dict[Candidate, str] = {}
     for gamma in ddpo_gammas(rcfg):
-        run_ddpo(rcfg, rows, cache, gamma)
+        launch_stage(rcfg, "ddpo", gamma=gamma)
         epochs = reversed(rcfg.layout.ddpo(gamma).saved_epochs()) if rcfg.ddpo.save_epochs else ()
         for candidate in (Candidate(gamma), *(Candidate(gamma, epoch) for epoch in epochs)):
             models[candidate] = str(candidate_path(folder, candidate))

@@ -1,22 +1,30 @@
-"""RLAIF-V's loop in miniature: the world labeler on hand-made scenes, the feedback audit against the truth, and a
-2-round loop on a reduced cpu-tiny run that resumes after a kill between rounds and inside a round."""
+"""RLAIF-V's loop in miniature: the world labeler on hand-made scenes, the feedback audit against the truth, a
+2-round loop on a reduced cpu-tiny run that resumes after a kill between rounds and inside a round, and a round on a
+prompt dataset, trained under `accelerate launch`, that picks among every gamma's models after each epoch by
+Object HalBench and world CHAIR."""
 
 from __future__ import annotations
 
+import base64
 import json
 from pathlib import Path
 
+import pandas as pd
 import pytest
 
 from rlhfv_nb import pipeline, runner
 from rlhfv_nb.config import Config, ConfigError, load_config
-from rlhfv_nb.data import load_raw
+from rlhfv_nb.data import load_raw, write_parquet
+from rlhfv_nb.evaluate import benchmarks
+from rlhfv_nb.evaluate.suite import Sources
 from rlhfv_nb.rlaifv.audit import audit_feedback
 from rlhfv_nb.rlaifv.claims import WorldClaims
 from rlhfv_nb.rlaifv.loop import run_loop
+from rlhfv_nb.rlaifv.measure import measure
 from rlhfv_nb.rlaifv.pairs import RLAIFV_COLUMNS
 from rlhfv_nb.rlaifv.report import round_table
 from rlhfv_nb.rlaifv.scoring import ClaimVerdict, ScoredAnswer, score_answers
+from rlhfv_nb.rlaifv.select import SelectionError, SelectMetric
 from rlhfv_nb.rlaifv.world_labeler import LabelerTraining, WorldLabeler, scene_images, train_or_load
 from rlhfv_nb.world import Scene, WorldConfig, WorldObject, make_fresh_scenes
 from tests.tiny_run import CPU_TINY, SHAPE
@@ -162,3 +170,72 @@ def test_two_rounds_resume_after_a_kill_between_rounds_and_inside_one(tmp_path: 
     assert _mtimes(round2.root / "candidates") == candidates
     assert {k: v for k, v in again["rounds"][2].items() if k != "seconds"} == \
         {k: v for k, v in rows[2].items() if k != "seconds"}
+
+
+COCO = Path(__file__).parents[1] / "evaluate" / "fixtures" / "coco"
+
+
+def _prompt_file(path: Path, scenes: int) -> Path:
+    """A prompt dataset of world images, each prompt in two rows (as a preference dataset repeats them)."""
+    images = scene_images(make_fresh_scenes(WORLD, scenes, 11), WORLD)
+    rows = [{"image": image, "question": "Describe the image.", "idx": 2 * i + k}
+            for i, image in enumerate(images) for k in range(2)]
+    return write_parquet(rows, path)
+
+
+def _object_halbench_cache(cache: Path) -> None:
+    """Object HalBench's prompt file (300 rows, as released) where the suite caches it (nothing downloaded): world
+    images under COCO ids 1-4."""
+    path = cache / "object_halbench" / Path(benchmarks.OBJECT_HALBENCH_URL).name
+    path.parent.mkdir(parents=True)
+    images = scene_images(make_fresh_scenes(WORLD, 4, 12), WORLD)
+    path.write_text("".join(json.dumps({"image_id": 1 + i % 4, "question": "Describe this image in detail.",
+                                        "image": base64.b64encode(images[i % 4]).decode()}) + "\n"
+                            for i in range(300)))
+
+
+@pytest.mark.slow
+def test_a_round_on_a_prompt_dataset_picks_among_epochs_by_benchmarks(tmp_path: Path) -> None:
+    prompts = _prompt_file(tmp_path / "prompts.parquet", 6)
+    sources = Sources(cache_dir=tmp_path / "cache")
+    _object_halbench_cache(tmp_path / "cache")
+    select_by = ["object_halbench.CHAIRs", "world.CHAIRi"]
+    cfg = load_config(CPU_TINY, run_dir=str(tmp_path / "run"), **{
+        **REDUCED, "ddpo": {**REDUCED["ddpo"], "max_steps": -1, "epochs": 2.0, "batch_size": 2},
+        "launch": {"num_processes": 2},  # each gamma trained by `accelerate launch` (2 CPU processes, gloo)
+        "evaluation": {**REDUCED["evaluation"], "limit": 3, "coco_dir": str(COCO),
+                       "object_halbench_extraction": "words"},
+        "rlaifv": {**LOOP, "rounds": 1, "prompts": str(prompts), "select_by": select_by,
+                   "select_checkpoints": "epochs"}})
+    pipeline.prepare_data(cfg)
+    pipeline.run_sft(cfg)
+    section = run_loop(cfg, progress=False, sources=sources)
+    start, row = section["rounds"]
+    assert set(start["select"]) == set(select_by) and "CHAIRs" in start  # round 0: the SFT model, measured
+    # every gamma's final model and its model after epoch 1 were measured on both metrics, on their own answers
+    assert set(row["selection"]) == {"gamma=5", "gamma=5 epoch=1", "gamma=1", "gamma=1 epoch=1"}
+    folder = cfg.layout.rlaifv_round(1)
+    assert (folder.root / "launch" / "ddpo.yaml").exists()  # the params the launched processes read
+    assert [folder.run.ddpo(gamma).saved_epochs() for gamma in (5.0, 1.0)] == [[1], [1]]
+    for name, values in row["selection"].items():
+        assert set(values) == set(select_by) and 0.0 <= values["object_halbench.CHAIRs"] <= 1.0
+        slug = name.replace("=", "-").replace(" ", "-")
+        assert len(list((folder.root / "eval" / slug / "object_halbench").glob("answers-*.jsonl"))) == 1
+    # the picked model has the best mean rank: pandas' average ranks (no value last), the earlier model on ties
+    table = pd.DataFrame(row["selection"]).T
+    ranks = (table["object_halbench.CHAIRs"].rank(method="average", na_option="bottom")
+             + table["world.CHAIRi"].astype(float).rank(method="average", na_option="bottom")) / 2
+    picked = f"gamma={row['gamma']:g}" + ("" if row["epoch"] is None else f" epoch={row['epoch']}")
+    assert picked == ranks.idxmin()
+    assert row["select"] == row["selection"][picked]
+    epoch_part = f"epochs/epoch-{row['epoch']}" if row["epoch"] else "final"
+    assert row["model"] == f"rlaifv/round-1/ddpo/gamma{row['gamma']:g}/{epoch_part}"
+    # the round's prompts are the dataset's, each once; its pairs name the dataset as their origin
+    assert row["prompts"] == 6 and "labeler_accuracy" not in row  # no scenes behind a dataset's prompts
+    pairs = load_raw(str(folder.pairs))
+    assert set(pairs["origin_dataset"]) == {str(prompts)} and len(set(pairs["question"])) == 1
+
+    # a benchmark that cannot score (MMHal-Bench's judge has no key) stops the selection, naming it
+    with pytest.raises(SelectionError, match="selection benchmark mmhal_bench of model SFT: skipped: no OPENAI"):
+        measure(cfg, folder, {"SFT": pipeline.sft_model_path(cfg)}, [SelectMetric.parse("mmhal_bench.score")],
+                sources, progress=False)
