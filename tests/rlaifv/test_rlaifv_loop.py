@@ -9,6 +9,7 @@ import base64
 import json
 from pathlib import Path
 
+import nbformat
 import pandas as pd
 import pytest
 
@@ -17,6 +18,7 @@ from rlhfv_nb.config import Config, ConfigError, load_config
 from rlhfv_nb.data import load_raw, write_parquet
 from rlhfv_nb.evaluate import benchmarks
 from rlhfv_nb.evaluate.suite import Sources
+from rlhfv_nb.files import read_json
 from rlhfv_nb.rlaifv.audit import audit_feedback
 from rlhfv_nb.rlaifv.claims import WorldClaims
 from rlhfv_nb.rlaifv.loop import run_loop
@@ -170,6 +172,17 @@ def test_two_rounds_resume_after_a_kill_between_rounds_and_inside_one(tmp_path: 
     assert _mtimes(round2.root / "candidates") == candidates
     assert {k: v for k, v in again["rounds"][2].items() if k != "seconds"} == \
         {k: v for k, v in rows[2].items() if k != "seconds"}
+
+    # notebook 06 through the runner: both rounds are finished, so it shows them without training again
+    runner.run(CPU_TINY, only=["06_rlaifv"], progress=False,
+               overrides={**REDUCED, "run_dir": str(tmp_path), "rlaifv": {**LOOP, "rounds": 2}})
+    executed = nbformat.read(two.layout.notebook("06_rlaifv"), as_version=4)
+    outputs = [output for cell in executed.cells if cell.cell_type == "code" for output in cell.outputs]
+    (table,) = [o["data"]["text/html"] for o in outputs if "text/html" in o.get("data", {})]
+    assert all(column in table for column in ("labeler_accuracy", "wrongly_ordered", "CHAIRs", "world.CHAIRi"))
+    assert any("image/png" in o.get("data", {}) for o in outputs)  # CHAIR per round
+    assert [r["round"] for r in read_json(two.layout.manifest("06_rlaifv"))["rounds"]] == [0, 1, 2]
+    assert _mtimes(round2.root / "candidates") == candidates
 
 
 COCO = Path(__file__).parents[1] / "evaluate" / "fixtures" / "coco"
