@@ -25,9 +25,13 @@ STAGE_KEYS: dict[str, tuple[str, ...]] = {
     "03_ddpo": ("seed", "model", "data.max_length", "data.on_bad_row", "ddpo"),
     "04_evaluate": ("seed", "model", "evaluation", "ddpo.gamma", "ddpo.ablation_gammas"),
     "05_demo": ("model", "demo", "ddpo.gamma"),
+    # every evaluation setting but stage 04's benchmark list and model server: the loop's selection benchmarks run
+    # on its own local models
     "06_rlaifv": ("seed", "model", "data.max_length", "data.on_bad_row", "data.max_image_pixels", "ddpo",
                   "evaluation.max_new_tokens", "evaluation.num_beams", "evaluation.repetition_penalty",
-                  "evaluation.limit", "evaluation.batch_size", "rlaifv"),
+                  "evaluation.limit", "evaluation.batch_size", "evaluation.judge", "evaluation.coco_dir",
+                  "evaluation.object_halbench_extraction", "evaluation.pope_source", "evaluation.pope_seed",
+                  "evaluation.amber_images", "rlaifv"),
 }
 STAGE_INPUTS: dict[str, tuple[str, ...]] = {
     "01_data": (),

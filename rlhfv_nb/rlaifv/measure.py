@@ -58,9 +58,9 @@ def held_out_chair(cfg: Config, folder: RoundFolder, model: str, label: str, pro
 
 def _suite_config(cfg: Config, folder: RoundFolder, benchmarks: list[str]) -> Config:
     """The config stage 04's suite sees: the round folder as the run folder (answers under `<round>/eval/`), only
-    the selection benchmarks."""
+    the selection benchmarks, the models generating here (a model server would not hold the round's models)."""
     return dataclasses.replace(cfg, run_dir=str(folder.root),
-                               evaluation=dataclasses.replace(cfg.evaluation, benchmarks=benchmarks))
+                               evaluation=dataclasses.replace(cfg.evaluation, benchmarks=benchmarks, backend="hf"))
 
 
 def measure(cfg: Config, folder: RoundFolder, models: Mapping[str, str], metrics: Sequence[SelectMetric],
