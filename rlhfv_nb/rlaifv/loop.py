@@ -112,7 +112,7 @@ def _write_pairs(cfg: Config, folder: RoundFolder, number: int, prompts: Sequenc
                  candidates: Sequence[Sequence[str]], pairs: Sequence[Sequence[tuple[int, int]]]) -> int:
     """The round's pairs in the RLAIF-V-Dataset schema, then through the preference loader as hub data; returns how
     many the loader left out."""
-    origin = "synthetic-world" if cfg.rlaifv.prompts == "world" else cfg.rlaifv.prompts
+    origin = "synthetic-world" if cfg.rlaifv.prompts == "world" else portable(cfg.rlaifv.prompts, cfg.run_path)
     rows = pair_records(prompts, candidates, pairs, f"rlaifv-round-{number}", origin, f"round-{number}")
     if not rows:
         raise DataError(f"rlaifv round {number}: no candidates of a prompt scored differently, so no pairs; sample "
