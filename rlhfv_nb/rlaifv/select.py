@@ -14,7 +14,6 @@ configured `ddpo.gamma`'s final model wins a tie.
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -123,6 +122,3 @@ class Candidate:
     @property
     def name(self) -> str:
         return f"gamma={self.gamma:g}" + ("" if self.epoch is None else f" epoch={self.epoch}")
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)

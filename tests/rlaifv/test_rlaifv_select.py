@@ -54,4 +54,3 @@ def test_ties_go_to_the_earlier_candidate_and_missing_values_rank_last() -> None
 
 def test_candidate_names() -> None:
     assert Candidate(5.0).name == "gamma=5" and Candidate(1.0, 2).name == "gamma=1 epoch=2"
-    assert Candidate(2.5, 1).to_dict() == {"gamma": 2.5, "epoch": 1}
