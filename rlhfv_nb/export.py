@@ -24,7 +24,7 @@ from huggingface_hub.errors import HfHubHTTPError
 from huggingface_hub.utils import validate_repo_id
 
 from rlhfv_nb.config import Config, ConfigError, load_config, looks_like_local_path
-from rlhfv_nb.files import read_json
+from rlhfv_nb.files import partial_folder, publish_folder, read_json
 from rlhfv_nb.manifests import stage_status, stage_values
 from rlhfv_nb.pipeline import ddpo_gammas, model_label
 
@@ -103,12 +103,10 @@ def export_model(cfg: Config, which: str = "ddpo", *, out_dir: str | Path, merge
     out_dir = Path(out_dir)
     if out_dir.exists() and any(out_dir.iterdir()):
         raise ValueError(f"export folder {out_dir} is not empty: choose a new folder or empty it")
-    partial = out_dir.with_name(out_dir.name + ".partial")
-    shutil.rmtree(partial, ignore_errors=True)
+    partial = partial_folder(out_dir)
     adapter, pad = save_model(cfg, model.folder, partial, merge)
     model_card(cfg, model, adapter, pad, push_to or f"path/to/{out_dir.name}").save(partial / "README.md")
-    shutil.rmtree(out_dir, ignore_errors=True)
-    partial.rename(out_dir)
+    publish_folder(partial, out_dir)
     log.info("exported %s to %s", model.label, out_dir)
     if push_to:
         url = push_folder(out_dir, push_to, token, f"{model.label} of rlhfv-nb run {cfg.name}")

@@ -1,10 +1,11 @@
-"""Atomic file writes: a crash or kill never leaves half a file behind."""
+"""Atomic file and folder writes: a crash or kill never leaves half a file or folder behind."""
 
 from __future__ import annotations
 
 import hashlib
 import json
 import os
+import shutil
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -26,6 +27,22 @@ def write_text(path: str | Path, text: str) -> Path:
         Path(tmp).unlink(missing_ok=True)
         raise
     return path
+
+
+def partial_folder(folder: Path, empty: bool = True) -> Path:
+    """`<folder>.partial`, where a folder is written before `publish_folder` puts it in place; emptied of what a
+    killed writer left unless `empty` is false (the processes of a run that are not the one to empty it)."""
+    partial = folder.with_name(folder.name + ".partial")
+    if empty:
+        shutil.rmtree(partial, ignore_errors=True)
+    return partial
+
+
+def publish_folder(partial: Path, folder: Path) -> Path:
+    """Replace `folder` by the complete `partial` folder, so that `folder` is never seen half-written."""
+    shutil.rmtree(folder, ignore_errors=True)
+    partial.rename(folder)
+    return folder
 
 
 def write_json(path: str | Path, value: Any) -> Path:

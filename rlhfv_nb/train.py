@@ -10,7 +10,6 @@ import functools
 import json
 import logging
 import math
-import shutil
 import time
 from collections import defaultdict
 from collections.abc import Callable, Sequence
@@ -37,7 +36,7 @@ from rlhfv_nb.config import DDPOConfig, ModelConfig, TrackingConfig, TrainConfig
 from rlhfv_nb.ddpo import ddpo_loss, sequence_logps
 from rlhfv_nb.families import lora_modules, peft_modules_to_save, resolve_family
 from rlhfv_nb.features import PairCollator, SFTCollator
-from rlhfv_nb.files import trim_torn_line, write_text
+from rlhfv_nb.files import partial_folder, publish_folder, trim_torn_line, write_text
 from rlhfv_nb.layout import TrainingFolder
 from rlhfv_nb.pair_logps import answer_logps, shares_prefix
 from rlhfv_nb.progress import TRAINING_LINE
@@ -244,16 +243,12 @@ class ResumableTrainer(Trainer):
 def save_trained(trainer: Trainer, processor: ProcessorMixin, folder: Path) -> Path:
     """Save the trainer's model and `processor` to `folder`, whole or not at all: written to `<folder>.partial`,
     then renamed (a kill while saving leaves no half-written model under the final name)."""
-    partial = folder.with_name(folder.name + ".partial")
-    if trainer.is_world_process_zero() and partial.exists():
-        shutil.rmtree(partial)
+    partial = partial_folder(folder, empty=trainer.is_world_process_zero())
     trainer.accelerator.wait_for_everyone()
     trainer.save_model(str(partial))
     if trainer.is_world_process_zero():
         processor.save_pretrained(str(partial))
-        if folder.exists():
-            shutil.rmtree(folder)
-        partial.rename(folder)
+        publish_folder(partial, folder)
     trainer.accelerator.wait_for_everyone()
     return folder
 

@@ -136,7 +136,7 @@ def _train(cfg: Config, folder: RoundFolder, policy: str) -> tuple[dict[Candidat
     hand on, in order of preference (the configured gamma first; each gamma's final model, then its later epochs
     first), and how many pairs trained."""
     rcfg = round_config(cfg, folder, policy)
-    rows, _ = ddpo_inputs(rcfg, compute_missing=True)  # the reference log-probs, once, before any launch
+    rows, _ = ddpo_inputs(rcfg, compute_missing=True)  # the pairs that train (launch_stage finds their reference)
     models: dict[Candidate, str] = {}
     for gamma in ddpo_gammas(rcfg):
         launch_stage(rcfg, "ddpo", gamma=gamma)

@@ -35,7 +35,7 @@ def plot_rounds(rows: Sequence[dict[str, Any]], title: str = "RLAIF-V rounds") -
 
     figure, axis = plt.subplots(figsize=(6, 3.5))
     rounds = [row["round"] for row in rows]
-    world = all(row.get(key) is not None or key == "CHAIRi" for row in rows for key in WORLD_CHAIR)
+    world = all(row.get("CHAIRs") is not None for row in rows)  # held-out world CHAIR on every round
     series = {key: [row.get(key) for row in rows] for key in WORLD_CHAIR} if world else \
         {name: [row.get("select", {}).get(name) for row in rows] for name in rows[0].get("select", {})}
     for name, values in series.items():

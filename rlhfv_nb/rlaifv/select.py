@@ -18,10 +18,12 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from rlhfv_nb.evaluate.tasks import BUILDERS
+
 WORLD = "world"  # the miniature's selection benchmark (fresh world images of its own)
-# benchmarks of stage 04 that can pick a checkpoint (the world's stage-04 benchmarks score the held-out images,
-# which report the rounds: `world` selects on images of its own instead)
-SUITE_BENCHMARKS = ("object_halbench", "mmhal_bench", "pope", "amber", "llava_bench")
+# stage 04's benchmarks can pick a checkpoint, except the world's: they score the held-out images that report the
+# rounds (`world` selects on images of its own instead)
+SUITE_BENCHMARKS = tuple(BUILDERS)
 LOWER_IS_BETTER = frozenset({"CHAIRs", "CHAIRi", "CHAIRs_refine", "hallucination_rate", "CHAIR", "Hal", "Cog"})
 HIGHER_IS_BETTER = frozenset({"recall", "score", "informativeness", "accuracy", "f1", "precision", "Cover",
                               "amber_score", "relative"})
